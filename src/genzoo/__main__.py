@@ -1,0 +1,5 @@
+"""`python -m genzoo` runs the CLI."""
+
+from genzoo.cli import main
+
+main()

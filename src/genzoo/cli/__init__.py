@@ -1,0 +1,21 @@
+"""Command-line interface: a thin layer over the Python API (each command in its own module)."""
+
+from __future__ import annotations
+
+import sys
+
+from genzoo.cli import demo, edit, eval, info, list_models, sample, train  # noqa: F401  (modules register commands)
+from genzoo.cli.app import app, err_console
+from genzoo.errors import GenzooError
+
+
+def main() -> None:
+    """Console-script entry point: user errors print one line and exit 2; no traceback."""
+    try:
+        app()
+    except GenzooError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,61 @@
+"""`genzoo eval RUN [RUN ...]` and `genzoo eval --real A --fake B`: the one evaluation protocol from the shell."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import typer
+from torch import Tensor
+
+from genzoo.cli.app import app, console
+from genzoo.data.specs import load_dataset
+from genzoo.errors import GenzooError
+from genzoo.eval import compare_sets, evaluate, table
+from genzoo.eval.report import columns_table
+
+
+def read_set(source: str) -> Tensor:
+    """Every example of a file, folder or data spec (all splits): .npz/.npy files, image folders, or any spec."""
+    path = Path(source)
+    spec = f"{path.suffix[1:]}:{source}" if path.suffix in (".npz", ".npy") and path.is_file() else source
+    dataset = load_dataset(spec)
+    return torch.cat([b.x for split in ("train", "val", "test") for b in dataset.batches(split, 4096)])
+
+
+@app.command("eval")
+def eval_command(
+    runs: list[Path] = typer.Argument(None, help="Run directories to evaluate (several: compared side by side)."),
+    n: int = typer.Option(None, "--n", "-n", help="Samples to draw (default: as many as held-out examples, ≤2000)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling and metric seed: the same seed gives the same numbers."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+    real: str = typer.Option(None, "--real", help="Real set: .npz/.npy file, image folder or data spec."),
+    fake: str = typer.Option(None, "--fake", help="Generated set to score against --real (no model involved)."),
+    data: str = typer.Option(None, "--data", help="With --real/--fake: use this data spec's feature space."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report and PNGs in RUN/eval/."),
+) -> None:
+    """Score runs (samples vs real data, with a real-data reference row) or two sets of examples."""
+    if (real is None) != (fake is None):
+        raise GenzooError("--real and --fake go together: genzoo eval --real A --fake B")
+    if real is not None:
+        if runs:
+            raise GenzooError("give either run directories or --real/--fake, not both")
+        row = compare_sets(read_set(real), read_set(fake), features=data, seed=seed)
+        if as_json:
+            console.print_json(json.dumps(row))
+        else:
+            space = row["feature_space"]
+            caption = (f"real {real} ({row['n_real']} examples) · feature space {space['name']} ({space['hash']}) "
+                       f"· seed {seed}")
+            console.print(columns_table([(fake, row)], caption))
+        return
+    if not runs:
+        raise GenzooError("name at least one run directory, or use --real A --fake B")
+    results = [evaluate(run, n=n, seed=seed, report=not no_report) for run in runs]
+    if as_json:
+        console.print_json(json.dumps(results if len(results) > 1 else results[0]))
+        return
+    console.print(table(results))
+    for run in runs:
+        console.print(f"wrote {run / 'eval.json'}" + ("" if no_report else f" and {run / 'eval' / 'index.html'}"))

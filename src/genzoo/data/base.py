@@ -1,0 +1,110 @@
+"""Datasets: what the trainer and the evaluation read, whatever the source.
+
+A :class:`Dataset` has a :class:`~genzoo.contract.DataInfo` and three splits. Training batches are addressed by
+step number (``batch_at``), so a resumed run sees exactly the batches an uninterrupted one would. Splits are made
+with a fixed seed that does not depend on the training seed, so every run on the same data spec is evaluated on the
+same held-out examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from genzoo.contract import Batch, DataInfo
+from genzoo.errors import DataError
+
+#: seed of the train/val/test permutation; fixed so that splits never depend on the training seed
+SPLIT_SEED = 20260101
+SPLITS = ("train", "val", "test")
+
+
+class Dataset:
+    """Interface the trainer and evaluation use. Subclasses: :class:`TensorDataset` (in memory) and others."""
+
+    info: DataInfo
+
+    def batch_at(self, step: int, batch_size: int, seed: int) -> Batch:
+        """The training batch of global step ``step`` for training seed ``seed`` (deterministic, stateless)."""
+        raise NotImplementedError
+
+    def batches(self, split: str, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+        """Fixed-order batches of a split, at most ``limit`` examples in all."""
+        raise NotImplementedError
+
+    def size(self, split: str) -> int:
+        raise NotImplementedError
+
+    #: draws fresh real examples (toy densities); None when the data is a fixed set
+    sampler: Callable[[int, torch.Generator], Tensor] | None = None
+    #: exact log-density of the true distribution in data units (toy densities); None when unknown
+    log_prob: Callable[[Tensor], Tensor] | None = None
+
+
+@dataclass
+class TensorDataset(Dataset):
+    """A dataset held in memory as tensors, one :class:`Batch` per split."""
+
+    info: DataInfo
+    train: Batch
+    val: Batch
+    test: Batch
+    sampler: Callable[[int, torch.Generator], Tensor] | None = None
+    log_prob: Callable[[Tensor], Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        self._perm_cache: tuple[tuple[int, int], Tensor] | None = None
+
+    def split(self, name: str) -> Batch:
+        if name not in SPLITS:
+            raise DataError(f"unknown split '{name}' (use one of {', '.join(SPLITS)})")
+        return getattr(self, name)
+
+    def size(self, split: str) -> int:
+        return len(self.split(split))
+
+    def _epoch_permutation(self, seed: int, epoch: int) -> Tensor:
+        key = (seed, epoch)
+        if self._perm_cache is None or self._perm_cache[0] != key:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            self._perm_cache = (key, torch.randperm(len(self.train), generator=gen))
+        return self._perm_cache[1]
+
+    def batch_at(self, step: int, batch_size: int, seed: int) -> Batch:
+        n = len(self.train)
+        batch_size = min(batch_size, n)
+        per_epoch = n // batch_size
+        epoch, index = divmod(step, per_epoch)
+        idx = self._epoch_permutation(seed, epoch)[index * batch_size : (index + 1) * batch_size]
+        return Batch(self.train.x[idx], None if self.train.y is None else self.train.y[idx])
+
+    def batches(self, split: str, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+        data = self.split(split)
+        n = len(data) if limit is None else min(limit, len(data))
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            yield Batch(data.x[start:stop], None if data.y is None else data.y[start:stop])
+
+
+def split_tensors(x: Tensor, y: Tensor | None, fractions: tuple[float, float] = (0.8, 0.1)) -> tuple[Batch, ...]:
+    """Shuffle with :data:`SPLIT_SEED` and cut into train/val/test (80/10/10 by default)."""
+    n = len(x)
+    if n < 3:
+        raise DataError(f"need at least 3 examples to make train/validation/test splits, got {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_train = max(1, round(fractions[0] * n))
+    n_val = max(1, round(fractions[1] * n))
+    n_train = min(n_train, n - 2)
+    cuts = (perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :])
+    return tuple(Batch(x[i], None if y is None else y[i]) for i in cuts)
+
+
+def check_finite(x: Tensor, source: str) -> None:
+    """Reject NaN/Inf values with an error naming the source and the first bad position."""
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise DataError(f"{source}: contains {int(bad.sum())} NaN/Inf value(s), first at index {first}")

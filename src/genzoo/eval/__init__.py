@@ -1,0 +1,13 @@
+"""Evaluation: one protocol for every family (see docs/evaluation.md).
+
+``evaluate(run_or_model)`` samples and scores a model against real data with the reference row;
+``compare_sets(real, fake)`` scores two sets of examples with no model involved.
+"""
+
+from genzoo.eval.features import FeatureSpace, cache_dir, feature_space
+from genzoo.eval.protocol import PROTOCOL, Protocol, compare_sets, score_features
+from genzoo.eval.report import check_comparable, table
+from genzoo.eval.runner import evaluate
+
+__all__ = ["PROTOCOL", "FeatureSpace", "Protocol", "cache_dir", "check_comparable", "compare_sets", "evaluate",
+           "feature_space", "score_features", "table"]

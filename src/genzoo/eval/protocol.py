@@ -1,0 +1,118 @@
+"""The evaluation protocol: which metrics one (real, fake) pair of sets gets, with what settings.
+
+``score_features`` scores two sets already mapped to a feature space; ``compare_sets`` does it from examples in
+data units (the ``genzoo eval --real A --fake B`` path). The settings live in :class:`Protocol` and are written
+into every result, so a number can always be reproduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from genzoo.contract import DataInfo, DataKind
+from genzoo.data.base import Dataset
+from genzoo.data.specs import load_dataset
+from genzoo.errors import GenzooError
+from genzoo.eval.features import FeatureSpace, feature_space, set_space
+from genzoo.metrics import c2st, class_coverage, frechet_distance, kernel_inception_distance, mmd2_unbiased, prdc
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Sample counts and metric settings. ``n_max`` caps the generated (and held-out) set, ``n_real_max`` the
+    real training subset every set is compared with."""
+
+    n_max: int = 2000
+    n_real_max: int = 5000
+    k: int = 5
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    c2st_folds: int = 5
+    likelihood_max: int = 2000
+    sample_batch: int = 500
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROTOCOL = Protocol()
+
+
+def score_features(real: Tensor, fake: Tensor, space: FeatureSpace, *, seed: int = 0, protocol: Protocol = PROTOCOL,
+                   class_reference: Tensor | None = None, num_classes: int | None = None) -> dict[str, Any]:
+    """Every distribution metric between two feature sets (n, dim); class coverage when the space classifies.
+
+    ``class_reference`` holds the real label histogram's labels (the training labels), ``num_classes`` their count.
+    """
+    kid, kid_std = kernel_inception_distance(real, fake, protocol.kid_subsets, protocol.kid_subset_size, seed)
+    row: dict[str, Any] = {
+        "feature_space": {"name": space.name, "hash": space.hash},
+        "n_real": len(real),
+        "n_fake": len(fake),
+        "fd": frechet_distance(real, fake),
+        "kid": kid,
+        "kid_std": kid_std,
+        "mmd2": float(mmd2_unbiased(real, fake)),
+        # the k-NN balls of both sets must be built from as many points for P/R/D/C to read 1 on equal sets
+        **prdc(real[: len(fake)], fake[: len(real)], protocol.k),
+        **c2st(real, fake, protocol.c2st_folds, seed),
+    }
+    if space.has_classes and class_reference is not None and num_classes:
+        row["classes"] = class_coverage(space.predict(fake), class_reference, num_classes)
+    return row
+
+
+def split_finite(x: Tensor) -> tuple[Tensor, int]:
+    """The examples of ``x`` without NaN/Inf values, and how many were dropped."""
+    keep = torch.isfinite(x.flatten(1)).all(1)
+    return x[keep], int((~keep).sum())
+
+
+def infer_info(x: Tensor) -> DataInfo:
+    """DataInfo of a bare set: (n, C, H, W) in [0, 1] are images, (n, D) are vectors."""
+    if x.dim() == 4:
+        return DataInfo(kind=DataKind.IMAGE, shape=tuple(x.shape[1:]))
+    if x.dim() == 2:
+        return DataInfo(kind=DataKind.VECTOR, shape=tuple(x.shape[1:]))
+    raise GenzooError(f"a set must have shape (n, C, H, W) for images or (n, D) for vectors, got {tuple(x.shape)}")
+
+
+def compare_sets(real: Tensor, fake: Tensor, *, features: FeatureSpace | Dataset | str | None = None, seed: int = 0,
+                 protocol: Protocol = PROTOCOL) -> dict[str, Any]:
+    """Score ``fake`` against ``real`` (examples in data units) with every distribution metric.
+
+    ``features``: a :class:`FeatureSpace`, a dataset or data spec whose feature space to use (so the numbers are
+    comparable with ``genzoo eval`` runs on that data), or None: raw vectors, or for images an autoencoder fitted
+    on ``real``. Fake examples with NaN/Inf values are dropped and counted in ``nonfinite_fake``.
+    """
+    real, fake = torch.as_tensor(real), torch.as_tensor(fake)
+    if tuple(real.shape[1:]) != tuple(fake.shape[1:]):
+        raise GenzooError(f"real examples have shape {tuple(real.shape[1:])} but fake examples have shape "
+                          f"{tuple(fake.shape[1:])}; both sets must hold examples of the same shape")
+    real, bad_real = split_finite(real.float())
+    if bad_real:
+        raise GenzooError(f"the real set has {bad_real} examples with NaN/Inf values")
+    fake, bad_fake = split_finite(fake.float())
+    labels = None
+    if isinstance(features, str | Path):
+        features = load_dataset(str(features))
+    if isinstance(features, Dataset):
+        labels = torch.cat([b.y for b in features.batches("train", 4096)]) if features.info.num_classes else None
+        num_classes = features.info.num_classes
+        if tuple(features.info.shape) != tuple(real.shape[1:]):
+            raise GenzooError(f"the sets hold examples of shape {tuple(real.shape[1:])} but data "
+                              f"'{features.info.spec}' has shape {tuple(features.info.shape)}")
+        features = feature_space(features)
+    else:
+        num_classes = None
+    space = features if isinstance(features, FeatureSpace) else set_space(real, infer_info(real))
+    row = score_features(space.features(real), space.features(fake), space, seed=seed, protocol=protocol,
+                         class_reference=labels, num_classes=num_classes)
+    row["nonfinite_fake"] = bad_fake
+    row["feature_space"] = space.describe()
+    return row

@@ -1,0 +1,221 @@
+"""``genzoo.evaluate``: sample from a model, score it against real data, and write ``eval.json`` plus a report.
+
+Protocol (fixed, recorded in every result): the *real* set is a fixed subset of the training split (at most
+``n_real_max``); the model draws ``n`` samples (default: as many as there are held-out examples, at most ``n_max``)
+with ``seed``; the *reference* row scores the held-out examples (validation + test split, the first ``n``) against
+the same real set, i.e. what a perfect model would get. Memorization compares nearest-training distances of
+samples with those of the held-out examples. Likelihoods are computed on the test split.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import genzoo
+from genzoo.contract import Batch, Capability, DataKind, GenerativeModel, LogLikelihood
+from genzoo.data.base import Dataset
+from genzoo.data.specs import load_dataset
+from genzoo.errors import GenzooError
+from genzoo.eval.features import feature_space
+from genzoo.eval.protocol import PROTOCOL, Protocol, score_features, split_finite
+from genzoo.io import write_json
+from genzoo.metrics import dequantize, likelihood_summary, memorization, modes_hit, to_discrete
+from genzoo.runs import read_config
+
+#: seed of the fixed real subset (independent of the evaluation seed, so every run meets the same real set)
+REAL_SEED = 20260303
+_MODE_MAX = 25  # toy mixtures with at most this many components count modes (8gaussians); others are continuous
+
+
+def _split(dataset: Dataset, *names: str) -> Batch:
+    parts = [b for name in names for b in dataset.batches(name, 4096)]
+    if not parts:
+        raise GenzooError(f"data '{dataset.info.spec}' has no examples in the {'/'.join(names)} split")
+    ys = [b.y for b in parts]
+    return Batch(torch.cat([b.x for b in parts]), None if any(y is None for y in ys) else torch.cat(ys))
+
+
+def _resolve(run_or_model: str | Path | GenerativeModel, data: str | Dataset | None
+             ) -> tuple[GenerativeModel, Path | None, dict[str, Any] | None, Dataset]:
+    run, config = None, None
+    if isinstance(run_or_model, GenerativeModel):
+        model = run_or_model
+    else:
+        run = Path(run_or_model)
+        config = read_config(run)
+        model = genzoo.load(run)
+    if isinstance(data, Dataset):
+        dataset = data
+    else:
+        spec = data or (config["data"]["spec"] if config else model.data.spec)
+        if not spec:
+            raise GenzooError("the model does not record its data spec; pass data=SPEC")
+        dataset = load_dataset(spec, image_size=(config or {}).get("data", {}).get("image_size"))
+    if tuple(dataset.info.shape) != tuple(model.data.shape):
+        raise GenzooError(f"model '{model.name}' makes examples of shape {tuple(model.data.shape)} but data "
+                          f"'{dataset.info.spec}' has shape {tuple(dataset.info.shape)}")
+    return model, run, config, dataset
+
+
+def draw_samples(model: GenerativeModel, n: int, seed: int, batch: int, labels: Tensor | None) -> tuple[Tensor, float]:
+    """``n`` samples in batches from one generator seeded with ``seed``, and the samples per second."""
+    generator = torch.Generator().manual_seed(seed)
+    start, parts = time.perf_counter(), []
+    for i in range(0, n, batch):
+        chunk = None if labels is None else labels[i : i + batch]
+        parts.append(model.sample(min(batch, n - i), generator=generator, labels=chunk).cpu())
+    return torch.cat(parts).float(), n / max(time.perf_counter() - start, 1e-9)
+
+
+def count_nfe(model: GenerativeModel, labels: Tensor | None) -> int | None:
+    """Network evaluations per sample: ``model.nfe_per_sample`` if the model declares it, else the largest number
+    of forward calls any of its top-level modules makes while drawing one small batch (None if none is called)."""
+    declared = getattr(model, "nfe_per_sample", None)
+    if declared is not None:
+        return int(declared() if callable(declared) else declared)
+    counts: dict[int, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, *_: counts.__setitem__(id(mod), counts.get(id(mod), 0) + 1))
+             for m in [model, *model.children()] if isinstance(m, nn.Module)]
+    try:
+        model.sample(2, seed=0, labels=None if labels is None else labels[:2])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(counts.values()) if counts else None
+
+
+def model_likelihood(model: GenerativeModel, test: Batch, seed: int, batch: int = 256) -> dict[str, Any] | None:
+    """NLL on ``test`` in the one convention of :mod:`genzoo.metrics.likelihood`, or None without a likelihood."""
+    if not {Capability.EXACT_LIKELIHOOD, Capability.LIKELIHOOD_BOUND} & model.capabilities:
+        return None
+    info = model.data
+    generator = torch.Generator().manual_seed(seed)
+    labels = test.y if info.conditional else None
+    with torch.no_grad():
+        probe = model.log_likelihood(test.x[:batch].to(model.device), None if labels is None else labels[:batch])
+        dequantized = not probe.discrete and info.levels is not None and info.kind is DataKind.IMAGE
+        parts: list[LogLikelihood] = []
+        for i in range(0, len(test), batch):
+            x = test.x[i : i + batch]
+            if dequantized:
+                x = dequantize(x, info.levels, generator)
+            y = None if labels is None else labels[i : i + batch].to(model.device)
+            parts.append(model.log_likelihood(x.to(model.device), y))
+    ll = LogLikelihood(torch.cat([p.values.cpu() for p in parts]), probe.kind, probe.discrete, probe.method)
+    ll = to_discrete(ll, info.dims, info.levels if info.kind is DataKind.IMAGE else None, dequantized)
+    return likelihood_summary(ll, info.dims)
+
+
+def _toy_modes(dataset: Dataset) -> tuple[Tensor, float] | None:
+    spec = dataset.info.spec
+    if not spec.startswith("toy:"):
+        return None
+    from genzoo.data.toy import TOYS, GaussianMixture2D
+
+    density = TOYS.get(spec.split(":", 1)[1])
+    density = density() if density else None
+    if isinstance(density, GaussianMixture2D) and len(density.centers) <= _MODE_MAX:
+        return density.centers, 3.0 * density.std
+    return None
+
+
+def _training_throughput(run: Path | None, config: dict[str, Any] | None) -> dict[str, float | None]:
+    from genzoo.training.logging import read_metrics
+
+    if run is None:
+        return {"train_steps_per_s": None, "train_examples_per_s": None}
+    rates = [r["steps_per_s"] for r in read_metrics(run) if r.get("split") == "train" and "steps_per_s" in r]
+    steps_per_s = rates[-1] if rates else None
+    batch = (config or {}).get("train", {}).get("batch_size")
+    return {"train_steps_per_s": steps_per_s,
+            "train_examples_per_s": steps_per_s * batch if steps_per_s and batch else None}
+
+
+def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None, seed: int = 0,
+             data: str | Dataset | None = None, out: str | Path | None = None, report: bool = True,
+             protocol: Protocol = PROTOCOL) -> dict[str, Any]:
+    """Evaluate a run directory (or a model) and return the result; see the module docstring for the protocol.
+
+    For a run directory the result is written to ``<run>/eval.json`` and the report to ``<run>/eval/``; for a
+    model, only when ``out`` names a folder. Samples with NaN/Inf values are dropped and counted.
+    """
+    started = time.perf_counter()
+    model, run, config, dataset = _resolve(run_or_model, data)
+    info = dataset.info
+    model.eval()
+    train, held, test = _split(dataset, "train"), _split(dataset, "val", "test"), _split(dataset, "test")
+    n = n or min(protocol.n_max, len(held))
+    if n < 1:
+        raise GenzooError(f"--n must be positive, got {n}")
+    labels = None
+    if Capability.SAMPLE not in model.capabilities and Capability.CONDITIONAL_SAMPLE in model.capabilities:
+        # a model that only samples given a class gets labels in the training split's proportions
+        pick = torch.randint(len(train), (n,), generator=torch.Generator().manual_seed(seed))
+        labels = train.y[pick]
+    samples, samples_per_s = draw_samples(model, n, seed, protocol.sample_batch, labels)
+    samples, nonfinite = split_finite(samples)
+    cost = {"parameters": model.num_parameters(), "nfe_per_sample": count_nfe(model, labels),
+            "samples_per_s": samples_per_s, **_training_throughput(run, config)}
+
+    rows: dict[str, dict[str, Any]] = {"reference": {}, "model": {}}
+    space, offenders = None, None
+    if info.kind in (DataKind.IMAGE, DataKind.VECTOR):
+        space = feature_space(dataset)
+        train_f = space.features(train.x)
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(REAL_SEED))[: protocol.n_real_max]
+        real_f, held_f = train_f[perm], space.features(held.x)
+        modes = _toy_modes(dataset)
+        for name, x in (("reference", held.x[:n]), ("model", samples)):
+            feats = held_f[:n] if name == "reference" else space.features(x)
+            row = score_features(real_f, feats, space, seed=seed, protocol=protocol, class_reference=train.y,
+                                 num_classes=info.num_classes)
+            mem = memorization(train_f, feats, held_f)
+            row["memorization"] = mem.summary()
+            if modes is not None:
+                row["modes"] = modes_hit(x, *modes)
+            rows[name] = row
+        worst = mem.worst(8)  # the model row's: samples nearest to a training example, and those examples
+        offenders = (samples[worst], train.x[mem.neighbours[worst]])
+    rows["model"]["nonfinite_samples"] = nonfinite
+    rows["model"]["likelihood"] = model_likelihood(model, _cap(test, protocol.likelihood_max), seed)
+    rows["reference"]["likelihood"] = _true_likelihood(dataset, _cap(test, protocol.likelihood_max))
+    rows["model"]["cost"] = cost
+
+    result: dict[str, Any] = {
+        "genzoo_version": genzoo.__version__,
+        "run": None if run is None else str(run),
+        "model": model.name,
+        "family": model.family,
+        "checkpoint": getattr(model, "provenance", None),
+        "data": {"spec": info.spec, "kind": info.kind.value, "shape": list(info.shape), "levels": info.levels},
+        "protocol": {**protocol.to_json(), "n": n, "seed": seed, "n_real": min(len(train), protocol.n_real_max),
+                     "n_heldout": len(held), "n_test": min(len(test), protocol.likelihood_max),
+                     "feature_space": None if space is None else space.describe()},
+        "rows": rows,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    folder = Path(out) if out is not None else run
+    if folder is not None:
+        write_json(folder / "eval.json", result)
+        if report:
+            from genzoo.eval.report import write_report
+
+            write_report(folder / "eval", result, samples, offenders)
+    return result
+
+
+def _cap(batch: Batch, limit: int) -> Batch:
+    return Batch(batch.x[:limit], None if batch.y is None else batch.y[:limit])
+
+
+def _true_likelihood(dataset: Dataset, test: Batch) -> dict[str, Any] | None:
+    """Exact NLL of the true density on the test split when the dataset knows it (toy densities)."""
+    if dataset.log_prob is None:
+        return None
+    ll = LogLikelihood(dataset.log_prob(test.x), "exact", False, "true density")
+    return likelihood_summary(ll, dataset.info.dims)

@@ -1,0 +1,1 @@
+"""Model families, one package per family, one model per file."""

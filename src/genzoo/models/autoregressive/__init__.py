@@ -1,0 +1,1 @@
+"""Autoregressive models: recurrent language models and the token-sequence base they share with gpt."""

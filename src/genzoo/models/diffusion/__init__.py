@@ -1,0 +1,1 @@
+"""Diffusion models: noise schedules and samplers (independent of the network) and the ``ddpm`` model."""

@@ -1,0 +1,1 @@
+"""Transformers: gpt trained from scratch and pretrained Hugging Face causal language models."""

@@ -1,0 +1,167 @@
+"""``gpt``: a decoder-only transformer language model (Radford et al. 2018/2019), also over pixels (ImageGPT).
+
+Tokens (plus a begin-of-sequence token) are embedded, positions enter as a learned table added to the embedding or
+as rotary phases applied to queries and keys (Su et al. 2021: rotating q_m and k_n by angles m*w and n*w makes their
+dot product depend on m - n only). Each of ``layers`` pre-norm blocks computes
+
+    h = h + Attn(LN(h)),   h = h + MLP(LN(h)),   Attn = softmax(q k^T / sqrt(d) + causal mask) v,
+
+with one fused q/k/v projection and PyTorch's ``scaled_dot_product_attention``; the MLP is 4x wide with GELU. The
+output layer shares the token embedding matrix (weight tying). Residual projections start at std 0.02 / sqrt(2L).
+Generation keeps each layer's keys and values (the KV cache), so a new token costs one position instead of all;
+past the context length the window slides and is re-read (BOS + the last T - 1 tokens), with or without the cache.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from genzoo.contract import DataInfo, ModelConfig
+from genzoo.errors import ConfigError
+from genzoo.models.autoregressive.sequence import TokenSequenceModel
+from genzoo.nn.lora import apply_lora
+from genzoo.registry import register
+
+KV = tuple[Tensor, Tensor]
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for rotary position embedding (half-split convention)."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor, start: int) -> Tensor:
+        """Rotate (B, H, t, d) queries or keys at positions start .. start + t - 1."""
+        t = x.shape[-2]
+        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: causal multi-head self-attention and a GELU MLP, each residual."""
+
+    def __init__(self, width: int, heads: int, bias: bool, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.norm1 = nn.LayerNorm(width, bias=bias)
+        self.qkv = nn.Linear(width, 3 * width, bias=bias)
+        self.proj = nn.Linear(width, width, bias=bias)
+        self.norm2 = nn.LayerNorm(width, bias=bias)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=bias), nn.GELU(approximate="tanh"),
+                                 nn.Linear(4 * width, width, bias=bias), nn.Dropout(dropout))
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor, rotary: Rotary | None, start: int, past: KV | None) -> tuple[Tensor, KV]:
+        b, t, width = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(b, t, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        if rotary is not None:
+            q, k = rotary(q, start), rotary(k, start)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        # a single new query attends to every cached key: no mask needed then
+        causal = past is None and t > 1
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+        h = h + self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, width)))
+        return h + self.mlp(self.norm2(h)), (k, v)
+
+
+@register
+class GPT(TokenSequenceModel):
+    """Decoder-only transformer language model (causal attention, KV cache); pixels as tokens for images."""
+
+    name = "gpt"
+    family = "transformer"
+    smoke_config: ClassVar[dict[str, Any]] = {"layers": 1, "heads": 2, "width": 16}
+
+    class Config(ModelConfig):
+        layers: int = Field(4, ge=1)
+        heads: int = Field(4, ge=1)
+        width: int = Field(128, ge=2)
+        positions: Literal["learned", "rotary"] = "learned"
+        bias: bool = False
+        dropout: float = Field(0.0, ge=0.0, lt=1.0)
+        tie_weights: bool = True
+        lora_rank: int = Field(0, ge=0)  # > 0: train LoRA adapters of this rank on every linear layer only
+        lora_alpha: float = 16.0
+        lr: float = 2e-3
+        weight_decay: float = 0.1
+
+    def __init__(self, config: Config, data: DataInfo) -> None:
+        super().__init__(config, data)
+        c = config
+        if c.width % c.heads or (c.width // c.heads) % 2:
+            raise ConfigError(f"gpt: width {c.width} must split into {c.heads} heads of even size (rotary pairs)")
+        self.embed = nn.Embedding(self.vocab_out + 1, c.width)  # + BOS
+        self.max_positions = self.seq_len
+        self.pos = nn.Parameter(torch.zeros(self.seq_len, c.width)) if c.positions == "learned" else None
+        self.rotary = Rotary(c.width // c.heads, self.seq_len) if c.positions == "rotary" else None
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c.width, c.heads, c.bias, c.dropout) for _ in range(c.layers))
+        self.norm = nn.LayerNorm(c.width, bias=c.bias)
+        self.head = None if c.tie_weights else nn.Linear(c.width, self.vocab_out, bias=False)
+        self._init_weights()
+        if c.lora_rank:
+            apply_lora(self.blocks, c.lora_rank, c.lora_alpha, 0.0, ["qkv", "proj", "mlp.0", "mlp.2"])
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for proj in (block.proj, block.mlp[2]):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
+        if self.pos is not None:
+            nn.init.normal_(self.pos, std=0.02)
+
+    def _run(self, ids: Tensor, start: int, past: list[KV] | None) -> tuple[Tensor, list[KV]]:
+        """Hidden -> logits for ``ids`` at positions start.., reading/extending the per-layer cache ``past``."""
+        h = self.embed(ids)
+        if self.pos is not None:
+            h = h + self.pos[start : start + ids.shape[1]]
+        h = self.drop(h)
+        cache = []
+        for i, block in enumerate(self.blocks):
+            h, kv = block(h, self.rotary, start, None if past is None else past[i])
+            cache.append(kv)
+        h = self.norm(h)
+        weight = self.embed.weight[: self.vocab_out] if self.head is None else self.head.weight
+        return F.linear(h, weight), cache
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self._run(inputs, 0, None)[0]
+
+    # ----- generation ------------------------------------------------------------------------------------------
+    def prefill(self, ids: Tensor) -> tuple[Tensor, Any]:
+        logits, cache = self._run(self.window(ids), 0, None)
+        return logits[:, -1], (cache, ids)
+
+    def extend(self, token: Tensor, state: Any) -> tuple[Tensor, Any]:
+        cache, ids = state
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        if ids.shape[1] > self.max_positions:  # the window slides: positions shift, so re-read it
+            return self.prefill(ids)
+        logits, cache = self._run(token[:, None], ids.shape[1] - 1, cache)
+        return logits[:, -1], (cache, ids)
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward): 6 N + 12 L T d for attention."""
+        matmul_params = sum(p.numel() for n, p in self.named_parameters() if n.endswith("weight") and p.dim() == 2
+                            and not n.startswith("embed"))
+        matmul_params += self.vocab_out * self.config.width  # the tied output layer
+        return 6.0 * matmul_params + 12.0 * self.config.layers * self.seq_len * self.config.width

@@ -1,0 +1,175 @@
+"""``hf``: any Hugging Face causal language model behind the genzoo API (``hf:NAME_OR_PATH`` on the CLI).
+
+``genzoo.load_pretrained("gpt2")`` (a hub id or a local folder) wraps ``AutoModelForCausalLM`` and its tokenizer:
+``generate``/``stream`` with the shared sampling controls, ``chat(messages)`` through the model's chat template,
+``log_likelihood``/``score`` for perplexity, and training (full or LoRA through ``peft``) on a genzoo text spec,
+whose tokenizer then is the model's own (``text:FILE#tokenizer=hf:NAME``). Without ``pretrained`` the model is a
+fresh HF architecture (``gpt2`` or ``llama``) sized by hyperparameters and trained on the data's own tokenizer.
+
+``transformers`` and ``peft`` are the optional extra ``llm``: ``pip install genzoo[llm]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from genzoo.contract import Capability, DataInfo, DataKind, ModelConfig
+from genzoo.errors import ConfigError, GenzooError
+from genzoo.models.autoregressive.sequence import TokenSequenceModel
+from genzoo.nn.lora import apply_lora
+from genzoo.registry import register
+
+#: sequence length of ``sample()`` for a pretrained model (its context can be far longer)
+PRETRAINED_SAMPLE_LEN = 128
+
+
+def require_transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise GenzooError("Hugging Face models need the 'llm' extra: pip install 'genzoo[llm]'") from None
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def hf_tokenizer(name: str) -> Any:
+    """The tokenizer of a hub model or local folder (a fast tokenizer, so its ``backend_tokenizer`` exists)."""
+    transformers = require_transformers()
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise GenzooError(f"cannot load the tokenizer of '{name}': {err}") from None
+    if not getattr(tok, "is_fast", False):
+        raise GenzooError(f"'{name}' has no fast (Rust) tokenizer; genzoo needs one to tokenise training text")
+    return tok
+
+
+@register
+class HFCausalLM(TokenSequenceModel):
+    """A Hugging Face causal language model (pretrained from the hub or a folder, or a fresh architecture)."""
+
+    name = "hf"
+    family = "transformer"
+    data_kinds = frozenset({DataKind.TOKENS})
+    base_capabilities = frozenset({Capability.SAMPLE, Capability.EXACT_LIKELIHOOD, Capability.GENERATE_TEXT})
+    #: ``hf:NAME`` as a model name sets this hyperparameter
+    name_argument: ClassVar[str] = "pretrained"
+    smoke_config: ClassVar[dict[str, Any]] = {"layers": 1, "heads": 2, "width": 16}
+
+    class Config(ModelConfig):
+        pretrained: str = ""  # hub id or local folder; "" = a fresh ``architecture`` sized below
+        architecture: Literal["gpt2", "llama"] = "gpt2"
+        layers: int = Field(2, ge=1)
+        heads: int = Field(4, ge=1)
+        width: int = Field(128, ge=2)
+        lora_rank: int = Field(0, ge=0)  # > 0: train LoRA adapters of this rank only
+        lora_alpha: float = 16.0
+        lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+        lr: float = 3e-4
+        weight_decay: float = 0.0
+
+    def __init__(self, config: Config, data: DataInfo) -> None:
+        super().__init__(config, data)
+        transformers = require_transformers()
+        self.tokenizer: Any = None
+        if config.pretrained:
+            self.tokenizer = hf_tokenizer(config.pretrained)
+            try:
+                self.lm = transformers.AutoModelForCausalLM.from_pretrained(config.pretrained, dtype=torch.float32)
+            except (OSError, ValueError) as err:
+                raise GenzooError(f"cannot load the model '{config.pretrained}': {err}") from None
+            self.bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None \
+                else self.tokenizer.eos_token_id
+            if self.bos is None:
+                raise GenzooError(f"'{config.pretrained}' has neither a BOS nor an EOS token to start sequences")
+            self.vocab_out = self.lm.get_output_embeddings().weight.shape[0]
+        else:  # one extra embedding row for BOS; its logit is cut off in forward
+            self.lm = transformers.AutoModelForCausalLM.from_config(self._fresh_config(transformers))
+        if data.levels and data.levels > self.vocab_out:
+            raise ConfigError(f"the data has {data.levels} token ids but the model only {self.vocab_out}; tokenise "
+                              f"it with the model's tokenizer (text:FILE#tokenizer=hf:{config.pretrained})")
+        self.max_positions = getattr(self.lm.config, "max_position_embeddings", None) or \
+            getattr(self.lm.config, "n_positions", None)
+        if config.lora_rank:
+            apply_lora(self.lm, config.lora_rank, config.lora_alpha, config.lora_dropout, "all-linear")
+
+    def _fresh_config(self, transformers: Any) -> Any:
+        c = self.config
+        common = {"vocab_size": self.vocab_out + 1, "bos_token_id": self.bos, "eos_token_id": self.bos}
+        if c.architecture == "gpt2":
+            return transformers.GPT2Config(n_positions=self.seq_len, n_embd=c.width, n_layer=c.layers, n_head=c.heads,
+                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+        return transformers.LlamaConfig(hidden_size=c.width, intermediate_size=4 * c.width, num_hidden_layers=c.layers,
+                                         num_attention_heads=c.heads, max_position_embeddings=self.seq_len, **common)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.lm(input_ids=inputs, use_cache=False).logits[..., : self.vocab_out]
+
+    def prefill(self, ids: Tensor) -> tuple[Tensor, Any]:
+        out = self.lm(input_ids=self.window(ids), use_cache=True)
+        return out.logits[:, -1, : self.vocab_out], (out.past_key_values, ids)
+
+    def extend(self, token: Tensor, state: Any) -> tuple[Tensor, Any]:
+        past, ids = state
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        if self.max_positions is not None and ids.shape[1] > self.max_positions:
+            return self.prefill(ids)
+        out = self.lm(input_ids=token[:, None], past_key_values=past, use_cache=True)
+        return out.logits[:, -1, : self.vocab_out], (out.past_key_values, ids)
+
+    # ----- text ------------------------------------------------------------------------------------------------
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            return super().prompt_ids(prompt)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+        return ids if ids and ids[0] == self.bos else [self.bos, *ids]
+
+    def decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return super().decode(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    @property
+    def eos_id(self) -> int | None:
+        return None if self.tokenizer is None else self.tokenizer.eos_token_id
+
+    def chat(self, messages: list[dict[str, str]], **options: Any) -> str | list[str]:
+        """Answer a conversation ``[{"role": "user", "content": ...}, ...]`` through the model's chat template."""
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise GenzooError("this model has no chat template; use generate(prompt) instead")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)
+        return self.generate_from_ids(list(ids), **options)
+
+    def save_assets(self, directory: Path) -> None:
+        if self.tokenizer is None:
+            super().save_assets(directory)
+        else:
+            self.tokenizer.backend_tokenizer.save(str(Path(directory) / "tokenizer.json"))
+
+    def load_assets(self, directory: Path) -> None:
+        if self.tokenizer is None:
+            super().load_assets(directory)
+
+
+def load_pretrained(name: str, *, lora_rank: int = 0) -> HFCausalLM:
+    """A Hugging Face causal LM (hub id or local folder) as a genzoo model, in eval mode."""
+    transformers = require_transformers()
+    tok = hf_tokenizer(name)
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise GenzooError(f"cannot load the config of '{name}': {err}") from None
+    context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1024
+    from genzoo.data.text import remember_tokenizer
+
+    meta = {"source": f"hf:{name}", "sha256": remember_tokenizer(tok.backend_tokenizer), "vocab_size": len(tok)}
+    info = DataInfo(kind=DataKind.TOKENS, shape=(min(context, PRETRAINED_SAMPLE_LEN),), levels=len(tok),
+                    spec=f"hf:{name}", extra={"tokenizer": meta})
+    model = HFCausalLM(HFCausalLM.Config(pretrained=name, lora_rank=lora_rank), info)
+    return model.eval()

@@ -1,0 +1,29 @@
+"""LoRA (Hu et al. 2021) through ``peft``: W x + (alpha / r) B A x with A (r x in), B (out x r), B = 0 at start.
+
+Only the adapters train; every other weight is frozen. Checkpoints keep the base weight under
+``<layer>.base_layer.weight``; :func:`base_key` maps such a key back to the plain layer's key, so a model trained
+without LoRA initialises a LoRA model.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from genzoo.errors import GenzooError
+
+
+def apply_lora(module: nn.Module, rank: int, alpha: float, dropout: float, targets: list[str] | str) -> None:
+    """Add rank-``rank`` adapters to the linear layers ``targets`` (names or "all-linear") and freeze the rest."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise GenzooError("LoRA needs peft (the 'llm' extra): pip install 'genzoo[llm]'") from None
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    inject_adapter_in_model(config, module)
+    for name, param in module.named_parameters():
+        param.requires_grad = "lora_" in name
+
+
+def base_key(key: str) -> str:
+    """``blocks.0.qkv.base_layer.weight`` -> ``blocks.0.qkv.weight`` (identity for other keys)."""
+    return key.replace(".base_layer.", ".")

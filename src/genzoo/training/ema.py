@@ -1,0 +1,53 @@
+"""Exponential moving average of a model's parameters (Polyak averaging), used for sampling and validation.
+
+theta_ema <- d * theta_ema + (1 - d) * theta, with d = min(decay, (1 + t) / (10 + t)) so that early averages are
+not dominated by the random initialisation. Buffers (e.g. BatchNorm statistics) are taken from the live model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from genzoo.training.checkpoint import weight_tensors
+
+
+class EMA:
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.model = model
+        self.decay = decay
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for key, param in self.model.named_parameters():
+            self.shadow[key].lerp_(param.detach(), 1.0 - d)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Temporarily put the EMA parameters into the model."""
+        params = dict(self.model.named_parameters())
+        backup = {k: p.detach().clone() for k, p in params.items()}
+        with torch.no_grad():
+            for key, param in params.items():
+                param.copy_(self.shadow[key])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for key, param in params.items():
+                    param.copy_(backup[key])
+
+    def model_tensors(self) -> dict[str, Tensor]:
+        """Full weight dict (EMA parameters + live buffers) in the same layout as ``model.safetensors``."""
+        with self.applied():
+            return {k: v.clone() for k, v in weight_tensors(self.model).items()}
+
+    def load_model_tensors(self, tensors: dict[str, Tensor]) -> None:
+        for key in self.shadow:
+            if key in tensors:
+                self.shadow[key].copy_(tensors[key])

@@ -1,0 +1,157 @@
+"""The evaluation protocol end to end: feature spaces, the reference row, memorization, bad samples, CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST, tiny_dataset
+from torch import Tensor, nn
+from typer.testing import CliRunner
+
+import genzoo
+from genzoo.cli.app import app
+from genzoo.contract import DataInfo, DataKind, GenerativeModel, ModelConfig
+from genzoo.data import Dataset, load_dataset
+from genzoo.errors import GenzooError
+from genzoo.eval import Protocol, check_comparable, compare_sets, evaluate, feature_space
+from genzoo.eval import features as features_module
+from genzoo.metrics import frechet_distance
+
+QUICK = Protocol(kid_subsets=10, c2st_folds=3)
+
+
+class Replay(GenerativeModel):
+    """A 'model' that returns examples of a fixed pool (optionally corrupted): a perfect copier."""
+
+    name = "replay"
+    family = "test"
+    Config = ModelConfig
+    data_kinds = frozenset({DataKind.IMAGE, DataKind.VECTOR})
+
+    def __init__(self, data: DataInfo, pool: Tensor) -> None:
+        super().__init__(ModelConfig(), data)
+        self.pool = pool
+        self.net = nn.Identity()
+        self.anchor = nn.Parameter(torch.zeros(3))
+
+    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None) -> Tensor:
+        return self.net(self.pool[torch.randint(len(self.pool), (n,), generator=generator)])
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_dataset("digits")
+
+
+def test_feature_network_is_accurate_deterministic_and_cached(digits: Dataset, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    space = feature_space(digits)
+    assert space.has_classes and space.meta["test_accuracy"] > 0.9
+    files = sorted(p.name for p in (genzoo.eval.cache_dir() / "features").iterdir())
+    assert f"{space.hash}.safetensors" in files and f"{space.hash}.json" in files
+    # a second call reads the cache (fitting again would fail here)
+    monkeypatch.setattr(features_module, "_fit", lambda *a: pytest.fail("refitted a cached network"))
+    assert torch.equal(feature_space(digits).features(digits.test.x), space.features(digits.test.x))
+    monkeypatch.undo()
+    # fitting from scratch in another cache folder gives the same hash and the same weights
+    monkeypatch.setenv("GENZOO_CACHE", str(tmp_path))
+    again = feature_space(digits)
+    assert again.hash == space.hash
+    assert all(torch.equal(a, b) for a, b in zip(again.network.state_dict().values(),
+                                                  space.network.state_dict().values(), strict=True))
+
+
+def test_noise_raises_fd_monotonically_in_feature_space(digits: Dataset) -> None:
+    space = feature_space(digits)
+    real, held = space.features(digits.train.x), digits.val.x
+    noise = torch.randn(held.shape, generator=torch.Generator().manual_seed(0))
+    fds = [frechet_distance(real, space.features((held + s * noise).clamp(0, 1))) for s in (0.0, 0.1, 0.2, 0.4)]
+    assert all(lo < hi for lo, hi in itertools.pairwise(fds)), fds
+
+
+def test_half_the_classes_lowers_recall_coverage_and_class_coverage(digits: Dataset) -> None:
+    held = torch.cat([digits.val.x, digits.test.x])
+    labels = torch.cat([digits.val.y, digits.test.y])
+    full = compare_sets(digits.train.x, held, features=digits, protocol=QUICK)
+    half = compare_sets(digits.train.x, held[labels < 5], features=digits, protocol=QUICK)
+    assert full["precision"] > 0.85 and full["recall"] > 0.85 and full["coverage"] > 0.85
+    assert abs(full["c2st_accuracy"] - 0.5) < 0.1
+    assert half["precision"] > 0.85
+    assert half["recall"] < full["recall"] - 0.2 and half["coverage"] < full["coverage"] - 0.3
+    assert full["classes"]["classes_hit"] == 10 and half["classes"]["classes_hit"] == 5
+    assert half["classes"]["kl_to_real"] > full["classes"]["kl_to_real"] + 0.5
+
+
+def test_copied_training_images_are_flagged_and_reference_row_is_clean(digits: Dataset, tmp_path: Path) -> None:
+    result = evaluate(Replay(digits.info, digits.train.x[:300]), data=digits, n=200, protocol=QUICK, out=tmp_path)
+    model, reference = result["rows"]["model"], result["rows"]["reference"]
+    assert model["memorization"]["memorized"] and model["memorization"]["exact_copies"] == 1.0
+    assert not reference["memorization"]["memorized"] and reference["memorization"]["exact_copies"] == 0.0
+    assert reference["fd"] < 0.2 * model["fd"] + 1.0 and reference["n_fake"] == model["n_fake"] == 200
+    assert model["likelihood"] is None and model["cost"]["nfe_per_sample"] == 1
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["rows"]["model"]["fd"] == pytest.approx(model["fd"])
+    assert saved["protocol"]["feature_space"]["hash"] == model["feature_space"]["hash"]
+    assert {"index.html", "samples.png", "classes.png", "neighbours.png"} <= {p.name for p in (tmp_path / "eval").iterdir()}
+
+
+def test_nan_samples_are_reported_not_fatal(digits: Dataset) -> None:
+    pool = digits.train.x[:200].clone()
+    pool[::4] = float("nan")
+    result = evaluate(Replay(digits.info, pool), data=digits, n=120, protocol=QUICK, report=False)
+    model = result["rows"]["model"]
+    assert model["nonfinite_samples"] > 10 and model["n_fake"] == 120 - model["nonfinite_samples"]
+    with_nans = digits.val.x.clone()
+    with_nans[:3, 0, 0, 0] = float("nan")
+    assert compare_sets(digits.train.x, with_nans, features=digits, protocol=QUICK)["nonfinite_fake"] == 3
+
+
+def test_toy_data_has_true_likelihood_reference_and_modes() -> None:
+    data = load_dataset("toy:8gaussians")
+    pool = data.sampler(3000, torch.Generator().manual_seed(1))
+    result = evaluate(Replay(data.info, pool), data=data, n=400, protocol=QUICK, report=False)
+    ref, model = result["rows"]["reference"], result["rows"]["model"]
+    assert ref["likelihood"]["kind"] == "exact" and ref["likelihood"]["method"] == "true density"
+    # 8 Gaussians with std 0.2: NLL is close to the entropy log 8 + log(2 pi e 0.04) when the modes barely overlap
+    assert ref["likelihood"]["nll_nats"] == pytest.approx(np.log(8) + np.log(2 * np.pi * np.e * 0.04), abs=0.1)
+    assert model["modes"]["modes_hit"] == 8 and model["feature_space"]["name"] == "raw"
+    assert abs(model["c2st_accuracy"] - 0.5) < 0.1 and not model["memorization"]["memorized"]
+
+
+def test_bad_inputs_are_clear_errors(digits: Dataset) -> None:
+    with pytest.raises(GenzooError, match="same shape"):
+        compare_sets(digits.train.x[:50], digits.val.x[:50, :, :4], features=digits)
+    with pytest.raises(GenzooError, match="at least"):
+        compare_sets(digits.train.x[:50], digits.val.x[:4], features=digits)
+    a = {"run": "a", "model": "m", "data": {"spec": "digits"}, "protocol": {"feature_space": {"hash": "1"}}}
+    with pytest.raises(GenzooError, match="different feature spaces"):
+        check_comparable([a, {**a, "protocol": {"feature_space": {"hash": "2"}}}])
+
+
+def test_cli_eval_of_a_tiny_vae_run_and_of_two_sets(tmp_path: Path) -> None:
+    run = genzoo.train("vae", tiny_dataset(DataKind.IMAGE), steps=5, out=tmp_path / "run",
+                       overrides={"latent_dim": 4, "width": 8}, **FAST)
+    runner = CliRunner()
+    out = runner.invoke(app, ["eval", str(run), "--n", "64", "--json"])
+    assert out.exit_code == 0, out.output
+    saved = json.loads((run / "eval.json").read_text())
+    like = saved["rows"]["model"]["likelihood"]
+    assert like["kind"] == "lower_bound" and like["discrete"]
+    assert like["bits_per_dim"] == pytest.approx(like["nll_nats"] / (64 * np.log(2)))
+    assert saved["rows"]["model"]["cost"]["train_steps_per_s"] > 0
+    assert (run / "eval" / "index.html").exists()
+    table = runner.invoke(app, ["eval", str(run), "--n", "64", "--no-report"])
+    assert table.exit_code == 0 and "real held-out" in table.output and "bits/dim" in table.output
+    gen = torch.Generator().manual_seed(0)
+    np.save(tmp_path / "a.npy", torch.randn(300, 3, generator=gen).numpy())
+    np.save(tmp_path / "b.npy", (torch.randn(300, 3, generator=gen) + 1).numpy())
+    out = runner.invoke(app, ["eval", "--real", str(tmp_path / "a.npy"), "--fake", str(tmp_path / "b.npy"), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["c2st_auroc"] > 0.8
+    lonely = runner.invoke(app, ["eval", "--real", str(tmp_path / "a.npy")])
+    assert lonely.exit_code != 0
