@@ -4,8 +4,10 @@ Configuration (the one the widely used reference documents for CPUs): 4 layers, 
 batch 12, 2000 iterations, dropout 0; first 90% of the characters train, the last 10% validate. The reference is a
 straightforward implementation written below (learned positions, biases, weight tying, SDPA attention, AdamW lr 1e-3
 with 100 warm-up steps and cosine decay to 1e-4, gradient clipping 1.0, no torch.compile). genzoo's ``gpt`` trains
-through ``genzoo.train`` (the product path). Also: the ``lstm`` at a similar parameter count, generation tokens/s
-with and without the KV cache, and achieved FLOP/s as a fraction of this machine's measured fp32 matmul peak.
+with the trainer's pieces (batches by step, warm-up + cosine schedule, ``Optimizers``). The loops alternate in chunks
+of 50 steps so that each sees the same machine load (the machine may be shared). Also: ``gpt`` without bf16, the
+``lstm`` at a similar parameter count, generation tokens/s with and without the KV cache, and achieved FLOP/s as a
+fraction of this machine's measured fp32 matmul peak.
 
     python bench/gpt_shakespeare.py [--data ../shared/data/tinyshakespeare.txt] [--iters 2000]
 
@@ -19,7 +21,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,8 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import genzoo
+from genzoo.contract import Optimizers
 from genzoo.data.text import TextOptions, text_dataset
 from genzoo.metrics.text import generation_speed
+from genzoo.training.trainer import TrainConfig, lr_factor
 
 LAYERS, HEADS, WIDTH, CONTEXT, BATCH = 4, 4, 128, 64, 12
 
@@ -81,26 +84,63 @@ def ref_lr(it: int, iters: int, lr: float = 1e-3, min_lr: float = 1e-4, warmup: 
     return min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
-def train_reference(train: Tensor, vocab: int, iters: int) -> tuple[RefGPT, float]:
-    torch.manual_seed(1337)
-    model = RefGPT(vocab)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.99))
-    start = time.perf_counter()
-    for it in range(iters):
-        for group in opt.param_groups:
-            group["lr"] = ref_lr(it, iters)
-        ix = torch.randint(len(train) - CONTEXT, (BATCH,))
-        x = torch.stack([train[i : i + CONTEXT] for i in ix])
-        y = torch.stack([train[i + 1 : i + 1 + CONTEXT] for i in ix])
-        loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    return model, time.perf_counter() - start
+class Reference:
+    """The reference training loop, advanced a chunk of iterations at a time."""
+
+    def __init__(self, train: Tensor, vocab: int, iters: int) -> None:
+        torch.manual_seed(1337)
+        self.model, self.train, self.iters, self.it = RefGPT(vocab), train, iters, 0
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        other = [p for p in self.model.parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                                     lr=1e-3, betas=(0.9, 0.99))
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            for group in self.opt.param_groups:
+                group["lr"] = ref_lr(self.it, self.iters)
+            ix = torch.randint(len(self.train) - CONTEXT, (BATCH,))
+            x = torch.stack([self.train[i : i + CONTEXT] for i in ix])
+            y = torch.stack([self.train[i + 1 : i + 1 + CONTEXT] for i in ix])
+            loss = self.model(x, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.it += 1
+
+
+class Ours:
+    """genzoo's model through the trainer's pieces (batches by step, warm-up + cosine schedule, Optimizers)."""
+
+    def __init__(self, name: str, dataset: genzoo.Dataset, iters: int, **hparams: object) -> None:
+        torch.manual_seed(0)
+        self.model, self.dataset, self.step = genzoo.create(name, dataset, **hparams), dataset, 0
+        self.optimizers = self.model.configure_optimizers()
+        self.optim = Optimizers(self.optimizers, grad_clip=1.0)
+        self.cfg = TrainConfig(steps=iters, warmup_steps=100, lr_schedule="cosine", batch_size=BATCH)
+        self.base_lr = [[g["lr"] for g in opt.param_groups] for opt in self.optimizers.values()]
+
+    def run(self, steps: int) -> None:
+        self.model.train()
+        for _ in range(steps):
+            factor = lr_factor(self.cfg, self.step)
+            for opt, lrs in zip(self.optimizers.values(), self.base_lr, strict=True):
+                for group, lr in zip(opt.param_groups, lrs, strict=True):
+                    group["lr"] = lr * factor
+            self.model.training_step(self.dataset.batch_at(self.step, BATCH, 0), self.step, self.optim)
+            self.step += 1
+
+
+def interleaved(trainers: dict[str, Reference | Ours], iters: int, chunk: int = 50) -> dict[str, float]:
+    """Train all for ``iters`` steps, alternating chunks so that each sees the same machine load; seconds each."""
+    seconds = dict.fromkeys(trainers, 0.0)
+    for done in range(0, iters, chunk):
+        for name, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer.run(min(chunk, iters - done))
+            seconds[name] += time.perf_counter() - start
+    return seconds
 
 
 @torch.no_grad()
@@ -138,91 +178,84 @@ def matmul_peak(seconds: float = 3.0) -> float:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "load_average_1m": os.getloadavg()[0]}
 
 
-# ----- genzoo ------------------------------------------------------------------------------------------------------
-def train_genzoo(name: str, dataset: genzoo.Dataset, iters: int, out: Path, **hparams: object) -> tuple[Path, float]:
-    settings = {"progress": False, "eval_every": 10**9, "sample_every": 10**9, "checkpoint_every": 10**9,
-                "batch_size": BATCH, "lr_schedule": "cosine"}
-    start = time.perf_counter()
-    run = genzoo.train(name, dataset, steps=iters, out=out, seed=0, overrides=hparams, **settings)
-    return run, time.perf_counter() - start
+def gen_speed(model: genzoo.GenerativeModel, use_cache: bool, repeats: int = 5) -> float:
+    """Median tokens/s generating 63 tokens (one context window after BOS) for one sequence."""
+    speeds = sorted(generation_speed(model, CONTEXT - 1, use_cache=use_cache, seed=i) for i in range(repeats))
+    return speeds[len(speeds) // 2]
 
 
-def train_seconds(run: Path) -> float:
-    """Wall-clock of the training loop itself, from the trainer's logged steps/s."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in records if r.get("split") == "train"][-1]
-    return last["step"] / last["steps_per_s"]
+def ours_row(trainer: Ours, seconds: float, iters: int, val: Tensor, peak: float) -> dict:
+    model = trainer.model
+    val_all, val_ctx = genzoo_val_loss(model, val)
+    tokens = iters * BATCH * CONTEXT
+    row = {"val_loss": val_all, "val_loss_with_context": val_ctx, "train_seconds": seconds,
+           "tokens_per_s": tokens / seconds, "params": model.num_parameters(),
+           "gen_tokens_per_s_cache": gen_speed(model, True), "gen_tokens_per_s_no_cache": gen_speed(model, False)}
+    if hasattr(model, "flops_per_token"):
+        row["achieved_gflops"] = model.flops_per_token() * tokens / seconds / 1e9
+        row["fraction_of_fp32_peak"] = row["achieved_gflops"] / peak
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"))
     parser.add_argument("--iters", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpt_shakespeare.json"))
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
 
     text = Path(args.data).read_text(encoding="utf-8")
     dataset = text_dataset(text, TextOptions(context=CONTEXT), args.data)
     train, val = dataset.streams["train"], torch.cat([dataset.streams["val"], dataset.streams["test"]])
     vocab = dataset.info.levels
-    result: dict = {"config": {"layers": LAYERS, "heads": HEADS, "width": WIDTH, "context": CONTEXT,
-                               "batch": BATCH, "iters": args.iters, "train_chars": len(train), "val_chars": len(val)},
-                    "machine": machine()}
-    result["machine"]["matmul_peak_gflops"] = peak = matmul_peak()
-    print(f"fp32 matmul peak {peak:.1f} GFLOP/s")
+    size = {"layers": LAYERS, "heads": HEADS, "width": WIDTH}
+    result: dict = {"config": {**size, "context": CONTEXT, "batch": BATCH, "iters": args.iters,
+                               "train_tokens": len(train), "val_tokens": len(val)}, "machine": machine()}
+    result["machine"]["matmul_peak_gflops_fp32"] = peak = matmul_peak()
+    print(f"fp32 matmul peak {peak:.1f} GFLOP/s", flush=True)
 
-    ref, ref_s = train_reference(train, vocab, args.iters)
-    ref_tps = args.iters * BATCH * CONTEXT / ref_s
-    result["reference"] = {"val_loss": reference_val_loss(ref, val), "train_seconds": ref_s, "tokens_per_s": ref_tps,
-                           "params": sum(p.numel() for p in ref.parameters())}
-    print("reference", result["reference"])
+    trainers = {"reference": Reference(train, vocab, args.iters), "gpt": Ours("gpt", dataset, args.iters, **size),
+                "gpt_fp32": Ours("gpt", dataset, args.iters, mixed_precision="off", **size)}
+    seconds = interleaved(trainers, args.iters)
+    ref = trainers["reference"].model
+    ref_tokens_s = args.iters * BATCH * CONTEXT / seconds["reference"]
+    flops = trainers["gpt"].model.flops_per_token() * args.iters * BATCH * CONTEXT  # same matmuls as the reference
+    result["reference"] = {"val_loss": reference_val_loss(ref, val), "train_seconds": seconds["reference"],
+                           "tokens_per_s": ref_tokens_s, "params": sum(p.numel() for p in ref.parameters()),
+                           "fraction_of_fp32_peak": flops / seconds["reference"] / 1e9 / peak}
+    print("reference", result["reference"], flush=True)
+    for name in ("gpt", "gpt_fp32"):
+        result[name] = ours_row(trainers[name], seconds[name], args.iters, val, peak)
+        result[name]["speedup_vs_reference"] = seconds["reference"] / seconds[name]
+        print(name, result[name], flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = {}
-        # equal configuration: same model size, data, batch and iterations; our defaults otherwise
-        run, total_s = train_genzoo("gpt", dataset, args.iters, Path(tmp) / "gpt", layers=LAYERS, heads=HEADS,
-                                    width=WIDTH)
-        model = genzoo.load(run, checkpoint="last")
-        seconds = train_seconds(run)
-        val_all, val_ctx = genzoo_val_loss(model, val)
-        flops = model.flops_per_token() * args.iters * BATCH * CONTEXT
-        rows["gpt"] = {"val_loss": val_all, "val_loss_with_context": val_ctx, "train_seconds": seconds,
-                       "seconds_with_setup": total_s, "tokens_per_s": args.iters * BATCH * CONTEXT / seconds,
-                       "speedup_vs_reference": ref_s / seconds, "params": model.num_parameters(),
-                       "achieved_gflops": flops / seconds / 1e9, "fraction_of_peak": flops / seconds / 1e9 / peak,
-                       "gen_tokens_per_s_cache": generation_speed(model, 256, use_cache=True),
-                       "gen_tokens_per_s_no_cache": generation_speed(model, 256, use_cache=False)}
-        print("gpt", rows["gpt"])
-        # equal wall-clock: as many steps as fit in the reference's training time at our measured speed
-        steps = int(args.iters * ref_s / seconds)
-        run, _ = train_genzoo("gpt", dataset, steps, Path(tmp) / "gpt-time", layers=LAYERS, heads=HEADS, width=WIDTH)
-        model = genzoo.load(run, checkpoint="last")
-        val_all, val_ctx = genzoo_val_loss(model, val)
-        rows["gpt_equal_wallclock"] = {"steps": steps, "val_loss": val_all, "val_loss_with_context": val_ctx,
-                                       "train_seconds": train_seconds(run)}
-        print("gpt equal wall-clock", rows["gpt_equal_wallclock"])
-        # LSTM at a similar parameter count (~0.8M)
-        run, _ = train_genzoo("lstm", dataset, args.iters, Path(tmp) / "lstm", layers=2, width=256, embed_dim=64)
-        model = genzoo.load(run, checkpoint="last")
-        seconds = train_seconds(run)
-        val_all, val_ctx = genzoo_val_loss(model, val)
-        rows["lstm"] = {"val_loss": val_all, "val_loss_with_context": val_ctx, "train_seconds": seconds,
-                        "tokens_per_s": args.iters * BATCH * CONTEXT / seconds, "params": model.num_parameters(),
-                        "gen_tokens_per_s_cache": generation_speed(model, 256, use_cache=True),
-                        "gen_tokens_per_s_no_cache": generation_speed(model, 256, use_cache=False)}
-        print("lstm", rows["lstm"])
-    result.update(rows)
+    # equal wall-clock: as many steps as fit in the reference's training time at the measured speed ratio
+    steps = int(args.iters * seconds["reference"] / seconds["gpt"])
+    trainer = Ours("gpt", dataset, steps, **size)
+    start = time.perf_counter()
+    trainer.run(steps)
+    val_all, val_ctx = genzoo_val_loss(trainer.model, val)
+    result["gpt_equal_wallclock"] = {"steps": steps, "val_loss": val_all, "val_loss_with_context": val_ctx,
+                                     "train_seconds": time.perf_counter() - start}
+    print("gpt equal wall-clock", result["gpt_equal_wallclock"], flush=True)
+
+    # LSTM at a similar parameter count (~0.9M)
+    trainer = Ours("lstm", dataset, args.iters, layers=2, width=256, embed_dim=64)
+    start = time.perf_counter()
+    trainer.run(args.iters)
+    result["lstm"] = ours_row(trainer, time.perf_counter() - start, args.iters, val, peak)
+    print("lstm", result["lstm"], flush=True)
+
     result["machine"]["load_average_1m_end"] = os.getloadavg()[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

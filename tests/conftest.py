@@ -12,7 +12,8 @@ from genzoo.contract import DataInfo, DataKind
 from genzoo.data import Dataset, TensorDataset, split_tensors
 from genzoo.data.specs import load_dataset
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# OMP_NUM_THREADS wins: on a shared, loaded machine two threads spin against each other and run 10x slower
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 #: trainer settings that keep contract tests fast: no periodic work, validation on a few examples
 FAST = {"progress": False, "eval_every": 10_000, "sample_every": 10_000, "checkpoint_every": 10_000,
@@ -39,10 +40,21 @@ def _tiny_vectors() -> Dataset:
     return TensorDataset(info, train, val, test)
 
 
+#: a small corpus for token models (repeated phrases, so a few steps already lower the loss)
+TINY_CORPUS = "the cat sat on the mat. the dog ran to the log. a bird sang in the tree.\n" * 30
+
+
+def _tiny_text() -> Dataset:
+    from genzoo.data.text import TextOptions, text_dataset
+
+    return text_dataset(TINY_CORPUS, TextOptions(context=16), "tiny-text")
+
+
 #: one builder per data kind; a family adding a data kind adds its tiny dataset here
 TINY_BUILDERS: dict[DataKind, Callable[[], Dataset]] = {
     DataKind.IMAGE: _tiny_images,
     DataKind.VECTOR: _tiny_vectors,
+    DataKind.TOKENS: _tiny_text,
 }
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, TINY_BUILDERS, tiny_dataset
 
 import genzoo
+from conftest import FAST, TINY_BUILDERS, tiny_dataset
 from genzoo.contract import Capability, DataKind, Optimizers
 from genzoo.io import load_tensors
 from genzoo.registry import build_model, model_class, model_names
@@ -74,11 +74,11 @@ def test_samples_have_the_declared_shape_type_and_range(name: str, kind: DataKin
     samples = model.sample(5, seed=1)
     assert tuple(samples.shape) == (5, *data.info.shape)
     if kind is DataKind.TOKENS:
-        assert samples.dtype == torch.long and 0 <= samples.min() and samples.max() < data.info.levels
+        assert samples.dtype == torch.long and samples.min() >= 0 and samples.max() < data.info.levels
     else:
         assert samples.dtype == torch.float32 and torch.isfinite(samples).all()
     if kind is DataKind.IMAGE:
-        assert 0.0 <= samples.min() and samples.max() <= 1.0
+        assert samples.min() >= 0.0 and samples.max() <= 1.0
     assert torch.equal(samples, model.sample(5, seed=1)), "same seed must give the same samples"
     assert not torch.equal(samples, model.sample(5, seed=2)), "different seeds must give different samples"
 

@@ -9,17 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, tiny_dataset
+from rich.console import Console
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
 import genzoo
+from conftest import FAST, tiny_dataset
 from genzoo.cli.app import app
 from genzoo.contract import DataInfo, DataKind, GenerativeModel, ModelConfig
 from genzoo.data import Dataset, load_dataset
 from genzoo.errors import GenzooError
-from genzoo.eval import Protocol, check_comparable, compare_sets, evaluate, feature_space
+from genzoo.eval import Protocol, check_comparable, compare_sets, evaluate, feature_space, table
 from genzoo.eval import features as features_module
+from genzoo.eval.runner import count_nfe
 from genzoo.metrics import frechet_distance
 
 QUICK = Protocol(kid_subsets=10, c2st_folds=3)
@@ -48,8 +50,7 @@ def digits() -> Dataset:
     return load_dataset("digits")
 
 
-def test_feature_network_is_accurate_deterministic_and_cached(digits: Dataset, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_feature_network_is_accurate_and_cached(digits: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
     space = feature_space(digits)
     assert space.has_classes and space.meta["test_accuracy"] > 0.9
     files = sorted(p.name for p in (genzoo.eval.cache_dir() / "features").iterdir())
@@ -57,13 +58,19 @@ def test_feature_network_is_accurate_deterministic_and_cached(digits: Dataset, t
     # a second call reads the cache (fitting again would fail here)
     monkeypatch.setattr(features_module, "_fit", lambda *a: pytest.fail("refitted a cached network"))
     assert torch.equal(feature_space(digits).features(digits.test.x), space.features(digits.test.x))
-    monkeypatch.undo()
-    # fitting from scratch in another cache folder gives the same hash and the same weights
-    monkeypatch.setenv("GENZOO_CACHE", str(tmp_path))
-    again = feature_space(digits)
-    assert again.hash == space.hash
-    assert all(torch.equal(a, b) for a, b in zip(again.network.state_dict().values(),
-                                                  space.network.state_dict().values(), strict=True))
+
+
+def test_feature_network_training_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(features_module, "MIN_STEPS", 10)
+    data = tiny_dataset(DataKind.IMAGE)
+    spaces = []
+    for folder in ("a", "b"):  # two empty caches: fitted from scratch twice
+        monkeypatch.setenv("GENZOO_CACHE", str(tmp_path / folder))
+        spaces.append(feature_space(data))
+    assert spaces[0].hash == spaces[1].hash and (tmp_path / "b" / "features" / f"{spaces[1].hash}.json").exists()
+    assert all(torch.equal(a, b) for a, b in zip(spaces[0].network.state_dict().values(),
+                                                  spaces[1].network.state_dict().values(), strict=True))
+    assert spaces[0].network.scale != 1.0  # the feature scale was fitted too
 
 
 def test_noise_raises_fd_monotonically_in_feature_space(digits: Dataset) -> None:
@@ -97,7 +104,8 @@ def test_copied_training_images_are_flagged_and_reference_row_is_clean(digits: D
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["rows"]["model"]["fd"] == pytest.approx(model["fd"])
     assert saved["protocol"]["feature_space"]["hash"] == model["feature_space"]["hash"]
-    assert {"index.html", "samples.png", "classes.png", "neighbours.png"} <= {p.name for p in (tmp_path / "eval").iterdir()}
+    written = {p.name for p in (tmp_path / "eval").iterdir()}
+    assert {"index.html", "samples.png", "classes.png", "neighbours.png"} <= written
 
 
 def test_nan_samples_are_reported_not_fatal(digits: Dataset) -> None:
@@ -126,7 +134,7 @@ def test_toy_data_has_true_likelihood_reference_and_modes() -> None:
 def test_bad_inputs_are_clear_errors(digits: Dataset) -> None:
     with pytest.raises(GenzooError, match="same shape"):
         compare_sets(digits.train.x[:50], digits.val.x[:50, :, :4], features=digits)
-    with pytest.raises(GenzooError, match="at least"):
+    with pytest.raises(GenzooError, match="at least 10 examples in each set, got real=50, fake=4"):
         compare_sets(digits.train.x[:50], digits.val.x[:4], features=digits)
     a = {"run": "a", "model": "m", "data": {"spec": "digits"}, "protocol": {"feature_space": {"hash": "1"}}}
     with pytest.raises(GenzooError, match="different feature spaces"):
@@ -145,8 +153,10 @@ def test_cli_eval_of_a_tiny_vae_run_and_of_two_sets(tmp_path: Path) -> None:
     assert like["bits_per_dim"] == pytest.approx(like["nll_nats"] / (64 * np.log(2)))
     assert saved["rows"]["model"]["cost"]["train_steps_per_s"] > 0
     assert (run / "eval" / "index.html").exists()
-    table = runner.invoke(app, ["eval", str(run), "--n", "64", "--no-report"])
-    assert table.exit_code == 0 and "real held-out" in table.output and "bits/dim" in table.output
+    console = Console(width=150, record=True)
+    console.print(table([saved]))
+    text = console.export_text()
+    assert "real held-out (reference)" in text and "bits/dim" in text and "≤ " in text
     gen = torch.Generator().manual_seed(0)
     np.save(tmp_path / "a.npy", torch.randn(300, 3, generator=gen).numpy())
     np.save(tmp_path / "b.npy", (torch.randn(300, 3, generator=gen) + 1).numpy())
@@ -155,3 +165,19 @@ def test_cli_eval_of_a_tiny_vae_run_and_of_two_sets(tmp_path: Path) -> None:
     assert json.loads(out.output)["c2st_auroc"] > 0.8
     lonely = runner.invoke(app, ["eval", "--real", str(tmp_path / "a.npy")])
     assert lonely.exit_code != 0
+
+
+def test_network_evaluations_per_sample(digits: Dataset) -> None:
+    class Stepped(Replay):
+        sample_options = ("steps",)
+
+        def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, steps: int = 3) -> Tensor:
+            x = self.pool[:n]
+            for _ in range(steps):
+                x = self.net(x)
+            return x
+
+    model = Stepped(digits.info, digits.train.x[:4])
+    assert count_nfe(model, None) == 3 and count_nfe(model, None, steps=7) == 7  # counted with forward hooks
+    model.nfe_per_sample = lambda steps=3: 2 * steps  # declared by the model, given the sampling options
+    assert count_nfe(model, None, steps=5) == 10

@@ -24,6 +24,7 @@ from genzoo.contract import (
 )
 from genzoo.data import Dataset, load_dataset
 from genzoo.errors import ConfigError, DataError, GenzooError, NonFiniteError, RunDirError
+from genzoo.eval import compare_sets, evaluate
 from genzoo.registry import build_model, model_class, model_names, register
 from genzoo.runs import load, read_config
 from genzoo.training import TrainConfig, train
@@ -46,9 +47,17 @@ def list_models() -> list[dict[str, Any]]:
     return out
 
 
+def load_pretrained(name: str, **options: Any) -> GenerativeModel:
+    """A pretrained Hugging Face causal LM (hub id or local folder) behind the genzoo API (the 'llm' extra)."""
+    from genzoo.models.transformer.hf import load_pretrained as load_hf
+
+    return load_hf(name, **options)
+
+
 __all__ = [
     "Batch", "Capability", "ConfigError", "DataError", "DataInfo", "DataKind", "Dataset", "GenerativeModel",
     "GenzooError", "LogLikelihood", "ModelConfig", "NonFiniteError", "Optimizers", "RunDirError", "TrainConfig",
-    "__version__", "build_model", "create", "list_models", "load", "load_dataset", "model_class", "model_names",
-    "read_config", "register", "train",
+    "__version__", "build_model", "compare_sets", "create", "evaluate", "list_models", "load", "load_dataset",
+    "load_pretrained",
+    "model_class", "model_names", "read_config", "register", "train",
 ]

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 from genzoo.errors import ConfigError
@@ -46,8 +46,9 @@ def generation_config(**options: Any) -> GenerationConfig:
         options["stop"] = (options["stop"],)
     try:
         return GenerationConfig(**options)
-    except ValueError as err:
-        raise ConfigError(f"bad generation option: {err}") from None
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"bad generation option: {problems}") from None
 
 
 class Autoregressive(Protocol):

@@ -10,6 +10,7 @@ import typer
 import genzoo
 from genzoo.cli.app import app, console
 from genzoo.cli.info import run_summary
+from genzoo.eval import evaluate, table
 from genzoo.io import atomic_write_text, save_image_grid, write_json
 from genzoo.training import parse_budget
 
@@ -26,7 +27,7 @@ def demo(
     """Train VAE and DCGAN on digits for a short budget each; write sample grids and summary.md/json."""
     parse_budget(budget)
     out.mkdir(parents=True, exist_ok=True)
-    summaries = []
+    summaries, results = [], []
     for name in models:
         run = out / name
         if (run / "config.json").exists():
@@ -36,22 +37,47 @@ def demo(
         model = genzoo.load(run)
         grid = out / f"{name}-samples.png"
         save_image_grid(grid, model.sample(64, seed=seed), nrow=8)
-        summaries.append({**run_summary(run), "samples_png": str(grid)})
+        result = evaluate(run, seed=seed)
+        results.append(result)
+        summaries.append({**run_summary(run), "samples_png": str(grid), "eval": _headline(result),
+                          "report": str(run / "eval" / "index.html")})
     write_json(out / "summary.json", summaries)
     atomic_write_text(out / "summary.md", _markdown(summaries))
-    console.print(_markdown(summaries))
-    console.print(f"sample grids and summary in [bold]{out}[/]")
+    console.print(table(results))
+    console.print(f"sample grids, summary.md and per-run HTML reports (RUN/eval/index.html) in [bold]{out}[/]")
+
+
+def _headline(result: dict) -> dict:
+    """The few numbers the summary shows: model row and the real-data reference row."""
+    def pick(row: dict) -> dict:
+        likelihood = row.get("likelihood") or {}
+        return {"fd": row.get("fd"), "precision": row.get("precision"), "recall": row.get("recall"),
+                "c2st_accuracy": row.get("c2st_accuracy"), "bits_per_dim": likelihood.get("bits_per_dim"),
+                "likelihood_kind": likelihood.get("kind")}
+    return {"model": pick(result["rows"]["model"]), "reference": pick(result["rows"]["reference"]),
+            "feature_space": result["protocol"]["feature_space"], "n": result["protocol"]["n"]}
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
 def _markdown(summaries: list[dict]) -> str:
     lines = ["# genzoo demo: digits (8x8, 17 levels)", "",
-             "| model | family | parameters | steps | validation metric | best | samples |",
-             "|---|---|---|---|---|---|---|"]
-    for s in summaries:
-        best = f"{s['best_value']:.4g}" if s["best_value"] is not None else "-"
-        lines.append(f"| {s['model']} | {s['family']} | {s['parameters']:,} | {s['checkpoints'].get('last')} | "
-                     f"{s['validation_metric']} | {best} | {Path(s['samples_png']).name} |")
-    lines += ["", "val_nelbo: negative ELBO in nats per image (upper bound on NLL); val_mmd: squared MMD between "
-              "samples and held-out digits (0 = indistinguishable by that kernel).", "",
+             "| model | parameters | steps | FD | precision | recall | C2ST acc. | bits/dim | samples |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    reference = summaries[0]["eval"]["reference"] if summaries else {}
+    rows = [("real held-out (reference)", None, None, reference, "-")]
+    rows += [(s["model"], s["parameters"], s["checkpoints"].get("last"), s["eval"]["model"],
+              Path(s["samples_png"]).name) for s in summaries]
+    for name, params, steps, ev, png in rows:
+        lines.append(f"| {name} | {_fmt(params)} | {_fmt(steps)} | {_fmt(ev.get('fd'))} | "
+                     f"{_fmt(ev.get('precision'))} | {_fmt(ev.get('recall'))} | {_fmt(ev.get('c2st_accuracy'))} | "
+                     f"{_fmt(ev.get('bits_per_dim'))} | {png} |")
+    space = summaries[0]["eval"]["feature_space"] if summaries else {}
+    n = summaries[0]["eval"]["n"] if summaries else 0
+    lines += ["", f"Feature space: {space.get('name')} ({space.get('hash')}), {n} samples per row; "
+              "C2ST accuracy 0.5 = indistinguishable from real; bits/dim of the VAE is an upper bound (ELBO). "
+              "Details: each run's eval/index.html and docs/evaluation.md.", "",
               "```json", json.dumps([{k: s[k] for k in ('model', 'last_val')} for s in summaries], indent=1), "```"]
     return "\n".join(lines) + "\n"

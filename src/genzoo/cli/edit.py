@@ -8,7 +8,7 @@ import typer
 
 import genzoo
 from genzoo.cli.app import app, console
-from genzoo.edit import edit as edit_image
+from genzoo.editing import edit as edit_image
 from genzoo.errors import GenzooError
 from genzoo.io import save_png
 

@@ -10,6 +10,7 @@ import typer
 from torch import Tensor
 
 from genzoo.cli.app import app, console
+from genzoo.contract import parse_override
 from genzoo.data.specs import load_dataset
 from genzoo.errors import GenzooError
 from genzoo.eval import compare_sets, evaluate, table
@@ -34,6 +35,7 @@ def eval_command(
     fake: str = typer.Option(None, "--fake", help="Generated set to score against --real (no model involved)."),
     data: str = typer.Option(None, "--data", help="With --real/--fake: use this data spec's feature space."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report and PNGs in RUN/eval/."),
+    opts: list[str] = typer.Option([], "--opt", help="Sampling option key=value for the model (e.g. steps=50)."),
 ) -> None:
     """Score runs (samples vs real data, with a real-data reference row) or two sets of examples."""
     if (real is None) != (fake is None):
@@ -52,7 +54,8 @@ def eval_command(
         return
     if not runs:
         raise GenzooError("name at least one run directory, or use --real A --fake B")
-    results = [evaluate(run, n=n, seed=seed, report=not no_report) for run in runs]
+    options = dict(parse_override(item) for item in opts)
+    results = [evaluate(run, n=n, seed=seed, report=not no_report, sample_options=options) for run in runs]
     if as_json:
         console.print_json(json.dumps(results if len(results) > 1 else results[0]))
         return

@@ -3,7 +3,7 @@
 Spec options follow a ``#``, comma-separated: ``text:input.txt#context=64,tokenizer=bpe,vocab_size=512``;
 ``jsonl:data.jsonl#body`` (or ``#field=body``) names the JSON field holding the text (default ``text``).
 
-* ``context`` (default 128): tokens in one example, ``DataInfo.shape == (context,)``.
+* ``context`` (default 64): tokens in one example, ``DataInfo.shape == (context,)``.
 * ``tokenizer``: ``char`` (default; one token per character seen anywhere in the corpus), ``bpe`` (byte-level BPE
   with ``vocab_size`` tokens, default 512, trained on the training split only), ``byte`` (raw UTF-8 bytes, 256
   tokens), ``hf:NAME`` (a Hugging Face model's tokenizer), or a path to a ``tokenizer.json`` / run directory to
@@ -44,7 +44,7 @@ _TOKENIZERS: dict[str, Any] = {}  # sha256 of tokenizer JSON -> tokenizers.Token
 
 @dataclass(frozen=True)
 class TextOptions:
-    context: int = 128
+    context: int = 64
     tokenizer: str = "char"
     vocab_size: int = 512
     field: str = "text"
@@ -267,7 +267,7 @@ def text_dataset(text: str, options: TextOptions, source: str) -> TokenDataset:
     return TokenDataset(info, streams, codec)
 
 
-@register_loader("text", "text:FILE|DIR[#context=128,tokenizer=char|bpe|byte|PATH,vocab_size=512]  UTF-8 text "
+@register_loader("text", "text:FILE|DIR[#context=64,tokenizer=char|bpe|byte|PATH,vocab_size=512]  UTF-8 text "
                          "as token windows")
 def load_text(arg: str | None, options: DataOptions) -> TokenDataset:
     if not arg:

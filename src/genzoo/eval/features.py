@@ -33,8 +33,9 @@ from genzoo.nn import ConvDecoder, ConvEncoder
 #: bump when the recipe below changes (part of every hash)
 RECIPE_VERSION = "features-v1"
 FEATURE_DIM = 64
+WIDTH = 16
 BATCH_SIZE = 64
-EPOCHS, MIN_STEPS, MAX_STEPS = 10, 300, 2000
+EPOCHS, MIN_STEPS, MAX_STEPS = 10, 200, 2000
 LR = 1e-3
 SEED = 0
 _ENCODE_BATCH = 1024
@@ -50,9 +51,9 @@ class FeatureNet(nn.Module):
 
     def __init__(self, shape: tuple[int, ...], num_classes: int | None) -> None:
         super().__init__()
-        self.encoder = ConvEncoder(shape, FEATURE_DIM, width=32, norm="batch")
+        self.encoder = ConvEncoder(shape, FEATURE_DIM, width=WIDTH, norm="batch")
         self.head = nn.Linear(FEATURE_DIM, num_classes) if num_classes else None
-        self.decoder = None if num_classes else ConvDecoder(FEATURE_DIM, shape, shape[0], width=32, norm="batch")
+        self.decoder = None if num_classes else ConvDecoder(FEATURE_DIM, shape, shape[0], width=WIDTH, norm="batch")
         # one scalar fixed after training so that real features have mean square 1 per dimension: keeps KID's
         # polynomial kernel in its intended range and makes FD values of different datasets similar in scale
         self.register_buffer("scale", torch.ones(()))
@@ -157,16 +158,23 @@ def feature_space(dataset: Dataset) -> FeatureSpace:
 
 
 def _fit(net: FeatureNet, dataset: Dataset, steps: int) -> dict[str, Any]:
-    """Train deterministically: seeded batches, the global RNG forked so the caller's stream is untouched."""
+    """Train deterministically: seeded batches, the global RNG forked so the caller's stream is untouched, and one
+    thread, so that the weights do not depend on the machine's thread count (a net this small gains nothing from
+    more, and loses much when the cores are busy)."""
     optim = torch.optim.Adam(net.parameters(), lr=LR)
     net.train()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        for step in range(steps):
-            loss = net.loss(dataset.batch_at(step, BATCH_SIZE, SEED))
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            for step in range(steps):
+                loss = net.loss(dataset.batch_at(step, BATCH_SIZE, SEED))
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+    finally:
+        torch.set_num_threads(threads)
     net.eval()
     with torch.no_grad():
         square = sum(float(net.hidden(b.x).square().sum()) for b in dataset.batches("train", _ENCODE_BATCH))

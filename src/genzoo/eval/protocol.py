@@ -20,6 +20,7 @@ from genzoo.data.specs import load_dataset
 from genzoo.errors import GenzooError
 from genzoo.eval.features import FeatureSpace, feature_space, set_space
 from genzoo.metrics import c2st, class_coverage, frechet_distance, kernel_inception_distance, mmd2_unbiased, prdc
+from genzoo.metrics.checks import check_count
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class Protocol:
     likelihood_max: int = 2000
     sample_batch: int = 500
 
+    @property
+    def min_examples(self) -> int:
+        """The fewest examples per set every metric can work with (k-NN balls, C2ST folds)."""
+        return max(self.k + 1, 2 * self.c2st_folds)
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -49,7 +55,10 @@ def score_features(real: Tensor, fake: Tensor, space: FeatureSpace, *, seed: int
 
     ``class_reference`` holds the real label histogram's labels (the training labels), ``num_classes`` their count.
     """
+    check_count("evaluation", protocol.min_examples, real=len(real), fake=len(fake))
     kid, kid_std = kernel_inception_distance(real, fake, protocol.kid_subsets, protocol.kid_subset_size, seed)
+    # MMD and the k-NN balls of P/R/D/C use as many real as fake examples (P/R/D/C read ~1 on equal sets only)
+    equal = real[: len(fake)], fake[: len(real)]
     row: dict[str, Any] = {
         "feature_space": {"name": space.name, "hash": space.hash},
         "n_real": len(real),
@@ -57,9 +66,8 @@ def score_features(real: Tensor, fake: Tensor, space: FeatureSpace, *, seed: int
         "fd": frechet_distance(real, fake),
         "kid": kid,
         "kid_std": kid_std,
-        "mmd2": float(mmd2_unbiased(real, fake)),
-        # the k-NN balls of both sets must be built from as many points for P/R/D/C to read 1 on equal sets
-        **prdc(real[: len(fake)], fake[: len(real)], protocol.k),
+        "mmd2": float(mmd2_unbiased(*equal)),
+        **prdc(*equal, protocol.k),
         **c2st(real, fake, protocol.c2st_folds, seed),
     }
     if space.has_classes and class_reference is not None and num_classes:
@@ -98,6 +106,7 @@ def compare_sets(real: Tensor, fake: Tensor, *, features: FeatureSpace | Dataset
     if bad_real:
         raise GenzooError(f"the real set has {bad_real} examples with NaN/Inf values")
     fake, bad_fake = split_finite(fake.float())
+    check_count("evaluation", protocol.min_examples, real=len(real), fake=len(fake))
     labels = None
     if isinstance(features, str | Path):
         features = load_dataset(str(features))

@@ -9,6 +9,7 @@ samples with those of the held-out examples. Likelihoods are computed on the tes
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -62,27 +63,33 @@ def _resolve(run_or_model: str | Path | GenerativeModel, data: str | Dataset | N
     return model, run, config, dataset
 
 
-def draw_samples(model: GenerativeModel, n: int, seed: int, batch: int, labels: Tensor | None) -> tuple[Tensor, float]:
+def draw_samples(model: GenerativeModel, n: int, seed: int, batch: int, labels: Tensor | None,
+                 **options: Any) -> tuple[Tensor, float]:
     """``n`` samples in batches from one generator seeded with ``seed``, and the samples per second."""
     generator = torch.Generator().manual_seed(seed)
     start, parts = time.perf_counter(), []
     for i in range(0, n, batch):
         chunk = None if labels is None else labels[i : i + batch]
-        parts.append(model.sample(min(batch, n - i), generator=generator, labels=chunk).cpu())
+        parts.append(model.sample(min(batch, n - i), generator=generator, labels=chunk, **options).cpu())
     return torch.cat(parts).float(), n / max(time.perf_counter() - start, 1e-9)
 
 
-def count_nfe(model: GenerativeModel, labels: Tensor | None) -> int | None:
-    """Network evaluations per sample: ``model.nfe_per_sample`` if the model declares it, else the largest number
-    of forward calls any of its top-level modules makes while drawing one small batch (None if none is called)."""
+def count_nfe(model: GenerativeModel, labels: Tensor | None, **options: Any) -> int | None:
+    """Network evaluations per sample: ``model.nfe_per_sample`` (a number, or a method given the sampling options)
+    if the model declares it, else the largest number of forward calls any of its top-level modules makes while
+    drawing one small batch (None if none is called)."""
     declared = getattr(model, "nfe_per_sample", None)
+    if callable(declared):  # a method taking (some of) the sampling options
+        params = inspect.signature(declared).parameters
+        any_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        return int(declared(**{k: v for k, v in options.items() if any_kw or k in params}))
     if declared is not None:
-        return int(declared() if callable(declared) else declared)
+        return int(declared)
     counts: dict[int, int] = {}
     hooks = [m.register_forward_hook(lambda mod, *_: counts.__setitem__(id(mod), counts.get(id(mod), 0) + 1))
              for m in [model, *model.children()] if isinstance(m, nn.Module)]
     try:
-        model.sample(2, seed=0, labels=None if labels is None else labels[:2])
+        model.sample(2, seed=0, labels=None if labels is None else labels[:2], **options)
     finally:
         for hook in hooks:
             hook.remove()
@@ -95,7 +102,8 @@ def model_likelihood(model: GenerativeModel, test: Batch, seed: int, batch: int 
         return None
     info = model.data
     generator = torch.Generator().manual_seed(seed)
-    labels = test.y if info.conditional else None
+    # log p(x), not log p(x | y): labels only for models that cannot do without them
+    labels = test.y if Capability.SAMPLE not in model.capabilities else None
     with torch.no_grad():
         probe = model.log_likelihood(test.x[:batch].to(model.device), None if labels is None else labels[:batch])
         dequantized = not probe.discrete and info.levels is not None and info.kind is DataKind.IMAGE
@@ -138,8 +146,10 @@ def _training_throughput(run: Path | None, config: dict[str, Any] | None) -> dic
 
 def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None, seed: int = 0,
              data: str | Dataset | None = None, out: str | Path | None = None, report: bool = True,
-             protocol: Protocol = PROTOCOL) -> dict[str, Any]:
+             protocol: Protocol = PROTOCOL, sample_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a run directory (or a model) and return the result; see the module docstring for the protocol.
+
+    ``sample_options`` go to ``model.sample`` (e.g. ``{"steps": 50}`` for a diffusion sampler) and are recorded.
 
     For a run directory the result is written to ``<run>/eval.json`` and the report to ``<run>/eval/``; for a
     model, only when ``out`` names a folder. Samples with NaN/Inf values are dropped and counted.
@@ -157,14 +167,21 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
         # a model that only samples given a class gets labels in the training split's proportions
         pick = torch.randint(len(train), (n,), generator=torch.Generator().manual_seed(seed))
         labels = train.y[pick]
-    samples, samples_per_s = draw_samples(model, n, seed, protocol.sample_batch, labels)
+    scored = info.kind in (DataKind.IMAGE, DataKind.VECTOR)
+    # token data has no sample-based metrics yet: draw a few sequences only, to time sampling
+    options = dict(sample_options or {})
+    samples, samples_per_s = draw_samples(model, n if scored else min(n, 8), seed, protocol.sample_batch, labels,
+                                          **options)
     samples, nonfinite = split_finite(samples)
-    cost = {"parameters": model.num_parameters(), "nfe_per_sample": count_nfe(model, labels),
+    if scored and nonfinite and len(samples) < protocol.min_examples:
+        raise GenzooError(f"{nonfinite} of {n} samples have NaN/Inf values; only {len(samples)} finite samples are "
+                          f"left and the metrics need at least {protocol.min_examples}")
+    cost = {"parameters": model.num_parameters(), "nfe_per_sample": count_nfe(model, labels, **options),
             "samples_per_s": samples_per_s, **_training_throughput(run, config)}
 
     rows: dict[str, dict[str, Any]] = {"reference": {}, "model": {}}
     space, offenders = None, None
-    if info.kind in (DataKind.IMAGE, DataKind.VECTOR):
+    if scored:
         space = feature_space(dataset)
         train_f = space.features(train.x)
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(REAL_SEED))[: protocol.n_real_max]
@@ -193,8 +210,9 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
         "family": model.family,
         "checkpoint": getattr(model, "provenance", None),
         "data": {"spec": info.spec, "kind": info.kind.value, "shape": list(info.shape), "levels": info.levels},
-        "protocol": {**protocol.to_json(), "n": n, "seed": seed, "n_real": min(len(train), protocol.n_real_max),
-                     "n_heldout": len(held), "n_test": min(len(test), protocol.likelihood_max),
+        "protocol": {**protocol.to_json(), "n": n, "seed": seed, "sample_options": options,
+                     "n_real": min(len(train), protocol.n_real_max), "n_heldout": len(held),
+                     "n_test": min(len(test), protocol.likelihood_max),
                      "feature_space": None if space is None else space.describe()},
         "rows": rows,
         "seconds": round(time.perf_counter() - started, 2),
@@ -205,7 +223,7 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
         if report:
             from genzoo.eval.report import write_report
 
-            write_report(folder / "eval", result, samples, offenders)
+            write_report(folder / "eval", result, samples if scored else samples[:0], offenders)
     return result
 
 

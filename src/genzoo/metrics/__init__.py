@@ -6,8 +6,8 @@ from genzoo.metrics.frechet import frechet_distance, kernel_inception_distance
 from genzoo.metrics.likelihood import dequantize, likelihood_summary, to_discrete
 from genzoo.metrics.manifold import prdc
 from genzoo.metrics.memorization import Memorization, memorization
-from genzoo.metrics.mmd import LOCAL_SCALE, median_bandwidth, mmd2_unbiased
+from genzoo.metrics.mmd import LOCAL_SCALE, generator_validation, median_bandwidth, mmd2_unbiased
 
 __all__ = ["LOCAL_SCALE", "Memorization", "c2st", "class_coverage", "dequantize", "frechet_distance",
-           "kernel_inception_distance", "likelihood_summary", "median_bandwidth", "memorization", "mmd2_unbiased",
-           "modes_hit", "prdc", "to_discrete"]
+           "generator_validation", "kernel_inception_distance", "likelihood_summary", "median_bandwidth",
+           "memorization", "mmd2_unbiased", "modes_hit", "prdc", "to_discrete"]

@@ -54,3 +54,14 @@ def mmd2_unbiased(x: Tensor, y: Tensor, bandwidth: float | Tensor | None = None,
     within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
     within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
     return (within_x + within_y - 2.0 * k_xy.mean()).to(x.dtype)
+
+
+def generator_validation(fake: Tensor, real: Tensor) -> dict[str, float]:
+    """``{"val_mmd": MMD^2}`` at :data:`LOCAL_SCALE` between generated and held-out examples (network units).
+
+    The validation of models without a likelihood (GANs). Empty for a batch of fewer than 2 examples (e.g. the
+    last, short validation batch), where the unbiased estimate is undefined.
+    """
+    if len(fake) < 2 or len(real) < 2:
+        return {}
+    return {"val_mmd": mmd2_unbiased(fake, real, bandwidth_scale=LOCAL_SCALE).item()}

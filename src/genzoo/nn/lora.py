@@ -7,6 +7,8 @@ without LoRA initialises a LoRA model.
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from genzoo.errors import GenzooError
@@ -19,7 +21,9 @@ def apply_lora(module: nn.Module, rank: int, alpha: float, dropout: float, targe
     except ImportError:
         raise GenzooError("LoRA needs peft (the 'llm' extra): pip install 'genzoo[llm]'") from None
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
-    inject_adapter_in_model(config, module)
+    with warnings.catch_warnings():  # GPT-2's Conv1D layers: peft picks the right weight layout and says so
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
+        inject_adapter_in_model(config, module)
     for name, param in module.named_parameters():
         param.requires_grad = "lora_" in name
 

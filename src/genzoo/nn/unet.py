@@ -7,11 +7,12 @@ to every residual block.
 
 The U-Net (Ronneberger et al., 2015, in the form of Ho et al., 2020) has one level per entry of
 ``channel_mult``, capped by how often the image can be halved (both sides even and >= 4 after halving: 8x8 has
-two levels, 28x28 three, 64x64 up to five); each level holds ``num_res_blocks`` residual blocks (GroupNorm, SiLU,
-3x3 conv, embedding added in between), with multi-head self-attention where the larger side is at most
-``attention_below``, and a middle block of residual-attention-residual at the lowest resolution. The decoder mirrors
-the encoder and concatenates the encoder's activations (skip connections). Output convolutions of each block start
-at zero, so every block starts as the identity.
+two levels, 28x28 three, 64x64 up to five). Each level holds ``num_res_blocks`` residual blocks (GroupNorm, SiLU,
+3x3 conv; the embedding scales and shifts the normalised activations, as in Dhariwal & Nichol, 2021), with
+multi-head self-attention where the larger side is at most ``attention_below``, and a middle block of
+residual-attention-residual at the lowest resolution. The decoder mirrors the encoder and concatenates the
+encoder's activations (skip connections). Output convolutions of each block start at zero, so every block starts
+as the identity.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    """At most 32 groups of at least 4 channels where possible (single-channel groups would erase per-channel
+    offsets such as the step embedding)."""
+    return nn.GroupNorm(math.gcd(32, max(1, channels // 4)), channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -63,16 +66,19 @@ class Conditioning(nn.Module):
 
 
 class ResBlock(nn.Module):
+    """x + conv(SiLU(GN(h) * (1 + scale) + shift)), h = conv(SiLU(GN(x))), (scale, shift) = Linear(emb)."""
+
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float) -> None:
         super().__init__()
         self.inner = nn.Sequential(_group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
-        self.outer = nn.Sequential(_group_norm(c_out), nn.SiLU(), nn.Dropout(dropout),
-                                   _zero(nn.Conv2d(c_out, c_out, 3, padding=1)))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * c_out))
+        self.norm = _group_norm(c_out)
+        self.outer = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), _zero(nn.Conv2d(c_out, c_out, 3, padding=1)))
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.inner(x) + self.emb(emb)[:, :, None, None]
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm(self.inner(x)) * (1 + scale) + shift
         return self.skip(x) + self.outer(h)
 
 

@@ -43,7 +43,7 @@ class TokenSequenceModel(TextGenerationMixin, GenerativeModel):
     data_kinds = frozenset({DataKind.TOKENS, DataKind.IMAGE})
     base_capabilities = frozenset({Capability.SAMPLE, Capability.EXACT_LIKELIHOOD, Capability.GENERATE_TEXT})
     sample_options = SAMPLE_OPTIONS
-    train_defaults: ClassVar[dict[str, Any]] = {"batch_size": 32, "warmup_steps": 100, "grad_clip": 1.0}
+    train_defaults: ClassVar[dict[str, Any]] = {"batch_size": 16, "warmup_steps": 100, "grad_clip": 1.0}
 
     def __init__(self, config: ModelConfig, data: DataInfo) -> None:
         super().__init__(config, data)
@@ -113,7 +113,8 @@ class TokenSequenceModel(TextGenerationMixin, GenerativeModel):
         decay = [p for p in params if p.dim() >= 2]
         rest = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-        return {"model": torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99))}
+        fused = self.device.type in ("cpu", "cuda")  # one kernel for all parameters instead of one per tensor
+        return {"model": torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99), fused=fused)}
 
     # ----- sampling --------------------------------------------------------------------------------------------
     def prefill(self, ids: Tensor) -> tuple[Tensor, Any]:

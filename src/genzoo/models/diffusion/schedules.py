@@ -23,6 +23,9 @@ from torch import Tensor
 
 ScheduleName = Literal["linear", "cosine"]
 Prediction = Literal["eps", "v"]
+Spacing = Literal["time", "logsnr"]
+#: lowest log-SNR a log-SNR grid starts from (alpha ~ 0.047)
+LOGSNR_FLOOR = -3.0
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,24 @@ class Schedule:
             return (xt - s * output) / a
         return a * xt - s * output
 
-    def timesteps(self, steps: int, start: int | None = None) -> list[int]:
-        """``steps`` evenly spaced, decreasing, distinct indices from ``start`` (default T - 1) down to 0."""
+    def logsnr(self) -> Tensor:
+        """lambda_t = log(alpha_t / sigma_t) for every step (decreasing in t)."""
+        return 0.5 * (self.abar.log() - torch.log1p(-self.abar))
+
+    def timesteps(self, steps: int, start: int | None = None, spacing: Spacing = "time") -> list[int]:
+        """A decreasing grid of at most ``steps`` distinct steps from ``start`` (default T - 1) down to 0.
+
+        ``time``: evenly spaced steps. ``logsnr``: evenly spaced in lambda from max(lambda_start, LOGSNR_FLOOR) to
+        lambda_0, what a multistep solver needs (on the cosine schedule an even time grid ends with one long
+        lambda step after short ones, which makes second-order extrapolation overshoot). Below the floor the
+        signal (alpha < 0.05) is lost in the noise, so the grid starts there and x_T ~ N(0, I) stands in for x_t.
+        """
         start = self.steps - 1 if start is None else start
         steps = max(1, min(steps, start + 1))
-        grid = torch.linspace(start, 0, steps, dtype=torch.float64).round().long().tolist()
+        if spacing == "time":
+            grid = torch.linspace(start, 0, steps, dtype=torch.float64).round().long().tolist()
+        else:
+            lam = self.logsnr()
+            targets = torch.linspace(max(float(lam[start]), LOGSNR_FLOOR), float(lam[0]), steps, dtype=torch.float64)
+            grid = [int((lam[: start + 1] - target).abs().argmin()) for target in targets]
         return list(dict.fromkeys(grid))

@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import Tensor
 
 from genzoo.contract import Batch, Capability, DataInfo, DataKind, GenerativeModel, ModelConfig, Optimizers
-from genzoo.metrics.mmd import LOCAL_SCALE, mmd2_unbiased
+from genzoo.metrics.mmd import generator_validation
 from genzoo.nn.gan import discriminator_net, generator_net
 from genzoo.registry import register
 
@@ -34,7 +34,8 @@ class DCGANConfig(ModelConfig):
     width: int = Field(32, ge=1, description="conv base channels (images)")
     hidden: int = Field(256, ge=1, description="MLP hidden units (vector data)")
     depth: int = Field(3, ge=1, description="MLP hidden layers (vector data)")
-    lr: float = Field(2e-4, gt=0, description="Adam learning rate of G and D")
+    lr: float | None = Field(None, gt=0, description="Adam learning rate of G and D; None: 2e-4 for conv nets "
+                             "(the paper's), 1e-3 for MLPs (at 2e-4 they collapse onto one mode of toy:8gaussians)")
     betas: tuple[float, float] = (0.5, 0.999)
 
 
@@ -46,6 +47,8 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
 
 @register
 class DCGAN(GenerativeModel):
+    """Deep convolutional GAN: a generator against a real/fake classifier (non-saturating loss)."""
+
     name = "dcgan"
     family = "gan"
     Config = DCGANConfig
@@ -53,6 +56,8 @@ class DCGAN(GenerativeModel):
     base_capabilities = frozenset({Capability.SAMPLE})
     validation_metric = "val_mmd"
     smoke_config: ClassVar[dict[str, Any]] = {"latent_dim": 8, "width": 8, "hidden": 32, "depth": 2}
+    # averaged generator weights give visibly cleaner samples (Yazici et al., 2019)
+    train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999}
 
     config: DCGANConfig
 
@@ -64,8 +69,9 @@ class DCGAN(GenerativeModel):
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.config
-        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=c.betas),
-                "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=c.betas)}
+        lr = c.lr or (2e-4 if self.data.kind is DataKind.IMAGE else 1e-3)
+        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=lr, betas=c.betas),
+                "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=c.betas)}
 
     def training_step(self, batch: Batch, step: int, optim: Optimizers) -> dict[str, float]:
         real = self.preprocess(batch.x)
@@ -83,7 +89,7 @@ class DCGAN(GenerativeModel):
 
     def validation_step(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
         fake = self.generator(self.randn(len(batch), self.config.latent_dim, generator=generator))
-        return {"val_mmd": mmd2_unbiased(fake, self.preprocess(batch.x), bandwidth_scale=LOCAL_SCALE).item()}
+        return generator_validation(fake, self.preprocess(batch.x))
 
     def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, **options: Any) -> Tensor:
         z = self.randn(n, self.config.latent_dim, generator=generator)

@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import Tensor
 
 from genzoo.contract import Batch, Capability, DataInfo, DataKind, GenerativeModel, ModelConfig, Optimizers
-from genzoo.metrics.mmd import LOCAL_SCALE, mmd2_unbiased
+from genzoo.metrics.mmd import generator_validation
 from genzoo.nn.gan import discriminator_net, generator_net
 from genzoo.registry import register
 
@@ -52,6 +52,8 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
 
 @register
 class WGANGP(GenerativeModel):
+    """Wasserstein GAN with gradient penalty: a generator against a 1-Lipschitz critic."""
+
     name = "wgan-gp"
     family = "gan"
     Config = WGANGPConfig
@@ -59,6 +61,8 @@ class WGANGP(GenerativeModel):
     base_capabilities = frozenset({Capability.SAMPLE})
     validation_metric = "val_mmd"
     smoke_config: ClassVar[dict[str, Any]] = {"latent_dim": 8, "width": 8, "hidden": 32, "depth": 2}
+    # averaged generator weights give visibly cleaner samples (Yazici et al., 2019)
+    train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999}
 
     config: WGANGPConfig
 
@@ -96,7 +100,7 @@ class WGANGP(GenerativeModel):
 
     def validation_step(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
         fake = self.generator(self.randn(len(batch), self.config.latent_dim, generator=generator))
-        return {"val_mmd": mmd2_unbiased(fake, self.preprocess(batch.x), bandwidth_scale=LOCAL_SCALE).item()}
+        return generator_validation(fake, self.preprocess(batch.x))
 
     def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, **options: Any) -> Tensor:
         z = self.randn(n, self.config.latent_dim, generator=generator)

@@ -61,7 +61,7 @@ class Block(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=bias)
         self.proj = nn.Linear(width, width, bias=bias)
         self.norm2 = nn.LayerNorm(width, bias=bias)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=bias), nn.GELU(approximate="tanh"),
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=bias), nn.GELU(),
                                  nn.Linear(4 * width, width, bias=bias), nn.Dropout(dropout))
         self.resid_drop = nn.Dropout(dropout)
 
@@ -74,7 +74,10 @@ class Block(nn.Module):
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         # a single new query attends to every cached key: no mask needed then
         causal = past is None and t > 1
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+        # attention itself in fp32 even under autocast: the CPU flash-attention backward is ~4x slower in bf16
+        with torch.autocast(h.device.type, enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
         h = h + self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, width)))
         return h + self.mlp(self.norm2(h)), (k, v)
 
@@ -97,6 +100,8 @@ class GPT(TokenSequenceModel):
         tie_weights: bool = True
         lora_rank: int = Field(0, ge=0)  # > 0: train LoRA adapters of this rank on every linear layer only
         lora_alpha: float = 16.0
+        #: bf16 matmuls while training ("auto": where the hardware has native bf16); evaluation stays fp32
+        mixed_precision: Literal["auto", "bf16", "off"] = "auto"
         lr: float = 2e-3
         weight_decay: float = 0.1
 
@@ -115,7 +120,7 @@ class GPT(TokenSequenceModel):
         self.head = None if c.tie_weights else nn.Linear(c.width, self.vocab_out, bias=False)
         self._init_weights()
         if c.lora_rank:
-            apply_lora(self.blocks, c.lora_rank, c.lora_alpha, 0.0, ["qkv", "proj", "mlp.0", "mlp.2"])
+            apply_lora(self, c.lora_rank, c.lora_alpha, 0.0, r"blocks\.\d+\.(qkv|proj|mlp\.0|mlp\.2)")
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -144,7 +149,16 @@ class GPT(TokenSequenceModel):
         return F.linear(h, weight), cache
 
     def forward(self, inputs: Tensor) -> Tensor:
-        return self._run(inputs, 0, None)[0]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.training and self._bf16()):
+            return self._run(inputs, 0, None)[0].float()
+
+    def _bf16(self) -> bool:
+        mode = self.config.mixed_precision
+        if mode != "auto":
+            return mode == "bf16"
+        if self.device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return self.device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
 
     # ----- generation ------------------------------------------------------------------------------------------
     def prefill(self, ids: Tensor) -> tuple[Tensor, Any]:

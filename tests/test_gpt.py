@@ -1,0 +1,123 @@
+"""gpt and lstm: causality, exact likelihood, generation controls, training on text, runs, fine-tuning."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import genzoo
+from conftest import FAST, TINY_CORPUS
+from generation_checks import check_all
+from genzoo.contract import DataInfo, DataKind, Optimizers
+from genzoo.data.text import TextOptions, text_dataset
+from genzoo.finetune import plan_training, with_text_options
+
+VARIANTS = {
+    "gpt-learned": ("gpt", {"layers": 2, "heads": 2, "width": 16}),
+    "gpt-rotary": ("gpt", {"layers": 2, "heads": 2, "width": 16, "positions": "rotary", "tie_weights": False}),
+    "lstm": ("lstm", {"layers": 1, "width": 16, "embed_dim": 8}),
+    "gru": ("lstm", {"layers": 2, "width": 16, "embed_dim": 8, "cell": "gru"}),
+}
+
+
+@pytest.fixture(scope="module")
+def data() -> genzoo.Dataset:
+    return text_dataset(TINY_CORPUS, TextOptions(context=16), "tiny")
+
+
+def _model(variant: str, data: genzoo.Dataset) -> genzoo.GenerativeModel:
+    torch.manual_seed(0)
+    name, hparams = VARIANTS[variant]
+    return genzoo.create(name, data, **hparams).eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_logits_at_t_ignore_tokens_after_t(variant: str, data: genzoo.Dataset) -> None:
+    model = _model(variant, data)
+    x = data.batch_at(0, 2, seed=0).x
+    t = 6
+    changed = x.clone()
+    changed[:, t + 1 :] = (changed[:, t + 1 :] + 1) % data.info.levels
+    with torch.no_grad():
+        a, b = model(model.with_bos(x)), model(model.with_bos(changed))
+    assert torch.allclose(a[:, : t + 2], b[:, : t + 2], atol=1e-6)  # input t+1 is x_t: still the same
+    assert not torch.allclose(a[:, t + 2 :], b[:, t + 2 :], atol=1e-6)
+    # and by gradient: d logits_t / d embedding of later inputs is zero
+    if variant.startswith("gpt"):
+        model.train()
+        model.config.mixed_precision = "off"
+        h = model.embed(model.with_bos(x)).detach().requires_grad_(True)
+        out = h
+        for block in model.blocks:
+            out, _ = block(out, model.rotary, 0, None)
+        out[:, t].sum().backward()
+        assert h.grad[:, t + 1 :].abs().max() == 0 and h.grad[:, : t + 1].abs().max() > 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_generation_controls(variant: str, data: genzoo.Dataset) -> None:
+    # 40 new tokens run past the 16-token context: the sliding window is covered too
+    check_all(_model(variant, data), "the cat", 40)
+
+
+def test_likelihood_of_pixel_sequences_is_exact() -> None:
+    """Summed over every possible 2-pixel image with 3 levels, p(x) is exactly 1."""
+    info = DataInfo(kind=DataKind.IMAGE, shape=(1, 1, 2), levels=3)
+    for name, hparams in (("gpt", {"layers": 1, "heads": 2, "width": 8}), ("lstm", {"width": 8})):
+        torch.manual_seed(0)
+        model = genzoo.create(name, info, **hparams).eval()
+        images = torch.tensor(list(itertools.product(range(3), repeat=2)), dtype=torch.float32).view(9, 1, 1, 2) / 2
+        with torch.no_grad():
+            ll = model.log_likelihood(images)
+        assert ll.kind == "exact" and ll.discrete
+        assert float(ll.values.exp().sum()) == pytest.approx(1.0, abs=1e-5)
+        samples = model.sample(50, seed=0)
+        assert samples.shape == (50, 1, 1, 2) and set((samples * 2).round().unique().tolist()) <= {0.0, 1.0, 2.0}
+
+
+def test_gpt_on_digits_reports_bits_per_dim() -> None:
+    data = genzoo.load_dataset("digits")
+    model = genzoo.create("gpt", data, layers=1, heads=2, width=16)
+    metrics = model.validation_step(next(data.batches("val", 16)), torch.Generator())
+    assert metrics["bits_per_dim"] == pytest.approx(metrics["val_loss"] / math.log(2))
+    assert metrics["bits_per_dim"] < math.log2(17) + 0.5
+
+
+@pytest.mark.parametrize("name", ["gpt", "lstm"])
+def test_loss_falls_when_overfitting_a_tiny_corpus(name: str, data: genzoo.Dataset) -> None:
+    torch.manual_seed(0)
+    model = genzoo.create(name, data, lr=1e-2, **VARIANTS[name if name == "lstm" else "gpt-learned"][1])
+    optim = Optimizers(model.configure_optimizers(), grad_clip=1.0)
+    batch = data.batch_at(0, 16, seed=0)
+    losses = [model.training_step(batch, step, optim)["loss"] for step in range(60)]
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
+
+
+def test_run_directory_keeps_the_tokenizer_and_finetunes(data: genzoo.Dataset, tmp_path: Path) -> None:
+    corpus = tmp_path / "a.txt"
+    corpus.write_text(TINY_CORPUS)
+    settings = {**FAST, "batch_size": 8}
+    hparams = VARIANTS["gpt-learned"][1]
+    run = genzoo.train("gpt", f"text:{corpus}#context=16", steps=5, out=tmp_path / "run", overrides=hparams,
+                       **settings)
+    assert (run / "tokenizer.json").is_file()
+    model = genzoo.load(run, checkpoint="last")
+    assert model.generate("the", max_new_tokens=10, seed=0) == model.generate("the", max_new_tokens=10, seed=0)
+    # --init RUN: the new text is read with the run's tokenizer and context, and weights start from the run
+    new = tmp_path / "b.txt"
+    new.write_text("the mat sat on the cat. " * 40)
+    plan = plan_training("gpt", f"text:{new}", {}, init=str(run), lora=True)
+    assert plan.data == with_text_options(f"text:{new}", tokenizer=str(run), context=16)
+    dataset = genzoo.load_dataset(plan.data)
+    assert dataset.info.levels == model.data.levels  # 'b' never occurs in b.txt, the vocabulary is the run's
+    fresh = genzoo.build_model(plan.model, dataset.info, plan.hparams)
+    plan.apply(fresh.eval())
+    trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        assert torch.allclose(fresh(fresh.with_bos(dataset.batch_at(0, 2, 0).x)),
+                              model(model.with_bos(dataset.batch_at(0, 2, 0).x)), atol=1e-5)

@@ -1,0 +1,93 @@
+"""The Hugging Face adapter on tiny random models built locally (no download): generation, chat, scoring, LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import genzoo
+from conftest import FAST, TINY_CORPUS
+from generation_checks import check_all
+from genzoo.finetune import plan_training
+from genzoo.nn.lora import base_key
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def _tiny_hf(folder: Path, architecture: str) -> Path:
+    """A randomly initialised causal LM with a byte-level BPE tokenizer trained on the tiny corpus, saved."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([TINY_CORPUS], trainers.BpeTrainer(
+        vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<|endoftext|>"],
+        show_progress=False))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                                eos_token="<|endoftext|>")
+    fast.chat_template = TEMPLATE
+    common = {"vocab_size": len(fast), "bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id}
+    if architecture == "gpt2":
+        config = transformers.GPT2Config(n_positions=32, n_embd=16, n_layer=2, n_head=2, **common)
+    else:
+        config = transformers.LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                          num_attention_heads=2, max_position_embeddings=32, **common)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def tiny_hf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_hf(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def test_pretrained_model_generates_through_the_shared_controls(tiny_hf: Path) -> None:
+    model = genzoo.load_pretrained(str(tiny_hf))
+    assert genzoo.Capability.GENERATE_TEXT in model.capabilities
+    # 40 new tokens run past the 32 positions: the sliding window is covered too
+    check_all(model, "the cat", 40)
+
+
+def test_chat_goes_through_the_template(tiny_hf: Path) -> None:
+    model = genzoo.load_pretrained(str(tiny_hf))
+    messages = [{"role": "user", "content": "the cat"}]
+    prompt = "user: the cat\nassistant:"
+    expected = model.generate_from_ids(model.tokenizer.encode(prompt, add_special_tokens=False), max_new_tokens=8,
+                                       seed=1)
+    assert model.chat(messages, max_new_tokens=8, seed=1) == expected
+
+
+def test_log_likelihood_matches_the_hf_loss(tiny_hf: Path) -> None:
+    model = genzoo.load_pretrained(str(tiny_hf))
+    ids = torch.tensor([model.tokenizer.encode("the dog ran to the log")])
+    with torch.no_grad():
+        ll = model.log_likelihood(ids).values
+        full = torch.cat([torch.tensor([[model.bos]]), ids], dim=1)
+        hf_loss = model.lm(input_ids=full, labels=full).loss  # mean over the predicted tokens
+    assert float(-ll[0] / ids.shape[1]) == pytest.approx(float(hf_loss), rel=1e-5)
+
+
+def test_hf_name_trains_with_the_model_tokenizer_and_lora(tiny_hf: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "new.txt"
+    corpus.write_text(TINY_CORPUS)
+    plan = plan_training(f"hf:{tiny_hf}", f"text:{corpus}#context=16", {}, lora=True)
+    assert plan.data.endswith(f"tokenizer=hf:{tiny_hf}")
+    run = genzoo.train(plan.model, plan.data, steps=4, out=tmp_path / "run", overrides={**plan.hparams, "lr": 1e-2},
+                       **FAST)
+    tuned = genzoo.load(run, checkpoint="last")
+    base = genzoo.load_pretrained(str(tiny_hf))
+    tuned_weights, base_weights = tuned.lm.state_dict(), base.lm.state_dict()
+    for key, value in tuned_weights.items():
+        if "lora_" not in key:
+            assert torch.equal(value, base_weights[base_key(key)]), f"LoRA must leave base weights alone: {key}"
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in tuned_weights.items())
+    assert isinstance(tuned.generate("the", max_new_tokens=5, seed=0), str)
