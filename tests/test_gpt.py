@@ -121,3 +121,28 @@ def test_run_directory_keeps_the_tokenizer_and_finetunes(data: genzoo.Dataset, t
     with torch.no_grad():
         assert torch.allclose(fresh(fresh.with_bos(dataset.batch_at(0, 2, 0).x)),
                               model(model.with_bos(dataset.batch_at(0, 2, 0).x)), atol=1e-5)
+
+
+def test_cli_finetunes_a_run_with_lora_and_keeps_base_weights(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from genzoo.io import load_tensors
+
+    corpus, new = tmp_path / "a.txt", tmp_path / "b.txt"
+    corpus.write_text(TINY_CORPUS)
+    new.write_text("the mat sat on the cat. " * 40)
+    hparams = VARIANTS["gpt-learned"][1]
+    base = genzoo.train("gpt", f"text:{corpus}#context=16", steps=3, out=tmp_path / "base", overrides=hparams,
+                        **{**FAST, "batch_size": 8})
+    sets = [arg for key, value in hparams.items() for arg in ("--set", f"{key}={value}")]
+    proc = subprocess.run([sys.executable, "-m", "genzoo", "train", "gpt", "--data", f"text:{new}", "--init",
+                           str(base), "--lora", "--steps", "4", "--out", str(tmp_path / "tuned"), "--quiet",
+                           "--set", "batch_size=8", *sets], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    before, after = load_tensors(base / "last" / "model.safetensors"), load_tensors(tmp_path / "tuned" / "last" /
+                                                                                   "model.safetensors")
+    adapters = [k for k in after if "lora_" in k]
+    assert adapters, "no LoRA adapter weights were saved"
+    frozen = [k for k in after if "lora_" not in k and "base_layer" not in k and k in before]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)

@@ -24,6 +24,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     image_size: int = typer.Option(None, "--image-size", help="Resize images to this square side."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    init: str = typer.Option(None, "--init", help="Start from a trained run directory or hf:NAME (fine-tuning)."),
+    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters only (gpt, hf); --set lora_rank=N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train MODEL on your data; writes a run directory (config, weights, metrics, samples)."""
@@ -40,7 +42,10 @@ def train(
     if resume:  # the saved hyperparameters, unless overridden again
         overrides = {**saved["hparams"], **overrides}
     run = genzoo.train(model, data, steps=steps, budget=budget, out=out, seed=seed, overrides=overrides,
-                       resume=resume, image_size=image_size, device=device, progress=not quiet)
+                       resume=resume, image_size=image_size, init=init, lora=lora, device=device,
+                       progress=not quiet)
     model_info = genzoo.read_config(run)
     console.print(f"run saved to [bold]{run}[/] ({model_info['model']} on {model_info['data']['spec']})")
-    console.print(f"samples: {run / 'samples' / 'latest.png'}   next: genzoo sample {run}")
+    previews = sorted((run / "samples").glob("latest.*"))
+    shown = previews[0] if previews else run / "samples"
+    console.print(f"samples: {shown}   next: genzoo sample {run}")

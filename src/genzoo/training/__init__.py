@@ -66,15 +66,22 @@ def train(
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
     image_size: int | None = None,
+    init: str | None = None,
+    lora: bool = False,
     **trainer_options: Any,
 ) -> Path:
     """Train model ``model`` on ``data`` (a data spec or a Dataset) and return the run directory.
 
     ``overrides`` may mix model hyperparameters and trainer settings (``batch_size``, ``ema_decay`` ...), like the
     CLI's ``--set``; ``trainer_options`` are trainer settings. With ``resume=True`` the run in ``out`` continues
-    from its ``last/`` checkpoint to ``steps`` total steps (or for another ``budget``).
+    from its ``last/`` checkpoint to ``steps`` total steps (or for another ``budget``). ``init`` (a run directory or
+    ``hf:NAME``) starts from trained weights and ``lora`` trains LoRA adapters only (see :mod:`genzoo.finetune`).
     """
+    from genzoo.finetune import plan_training
+
     hparams, from_overrides = split_overrides(model, dict(overrides or {}))
+    plan = plan_training(model, data, hparams, init=init, lora=lora)
+    model, data, hparams = plan.model, plan.data, plan.hparams
     cls = model_class(model)
     settings = {**cls.train_defaults, **from_overrides, **trainer_options, "seed": seed}
     settings.update({k: v for k, v in {"steps": steps, "budget": budget}.items() if v is not None})
@@ -86,6 +93,7 @@ def train(
     dataset = data if isinstance(data, Dataset) else load_dataset(data, image_size=image_size)
     torch.manual_seed(seed)
     net = build_model(model, dataset.info, hparams)
+    plan.apply(net)
     run_dir = Path(out) if out is not None else default_run_dir(model, dataset.info.spec)
     trainer = Trainer(net, dataset, run_dir, cfg, run_config(net, dataset.info, cfg), resume=resume)
     trainer.fit()
