@@ -23,6 +23,7 @@ from genzoo.contract import (
     Optimizers,
 )
 from genzoo.data import Dataset, load_dataset
+from genzoo.editing import edit
 from genzoo.errors import ConfigError, DataError, GenzooError, NonFiniteError, RunDirError
 from genzoo.eval import compare_sets, evaluate
 from genzoo.registry import build_model, model_class, model_names, register
@@ -57,7 +58,7 @@ def load_pretrained(name: str, **options: Any) -> GenerativeModel:
 __all__ = [
     "Batch", "Capability", "ConfigError", "DataError", "DataInfo", "DataKind", "Dataset", "GenerativeModel",
     "GenzooError", "LogLikelihood", "ModelConfig", "NonFiniteError", "Optimizers", "RunDirError", "TrainConfig",
-    "__version__", "build_model", "compare_sets", "create", "evaluate", "list_models", "load", "load_dataset",
+    "__version__", "build_model", "compare_sets", "create", "edit", "evaluate", "list_models", "load", "load_dataset",
     "load_pretrained",
     "model_class", "model_names", "read_config", "register", "train",
 ]
