@@ -26,11 +26,15 @@ def machine_info() -> dict[str, Any]:
         pass
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "cuda": torch.cuda.is_available(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            # other jobs on the machine slow every number down: record how busy it was when the result was written
+            "load_average_1m_5m": list(os.getloadavg()[:2]) if hasattr(os, "getloadavg") else None}
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2) + "\n")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2) + "\n")
+    tmp.replace(path)
     return path

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import genzoo
 from common import write_result
+from genzoo.contract import parse_override
 from genzoo.eval.features import feature_space
 from genzoo.metrics.frechet import frechet_distance
 
@@ -38,11 +39,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=250, help="samples per sampling call")
     parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="hyperparameter or trainer setting for training (as genzoo train --set)")
     args = parser.parse_args()
 
     run = args.run
     if run is None:
-        run = genzoo.train("ddpm", args.data, budget=args.budget, out=Path("runs") / f"bench-ddpm-{args.data}")
+        overrides = dict(parse_override(item) for item in args.overrides)
+        out = Path("runs") / f"bench-ddpm-{args.data.replace(':', '-').replace('/', '_')}"
+        run = genzoo.train("ddpm", args.data, budget=args.budget, out=out, overrides=overrides)
     config = genzoo.read_config(run)
     spec = config["data"]["spec"]
     data = genzoo.load_dataset(spec, image_size=config["data"].get("image_size"))
@@ -69,7 +74,6 @@ def main() -> None:
         "hparams": config["hparams"], "n_samples": args.n, "reference": "train split",
         "feature_space": space.describe(),
         "fd_held_out_real": frechet_distance(real, space.features(held_out)), "n_held_out_real": len(held_out),
-        "note": "measured on a CPU shared with other jobs: samples/s are lower bounds and vary run to run",
         "rows": rows})
     print(f"-> {path}")
 

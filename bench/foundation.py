@@ -47,6 +47,10 @@ def samples_per_s(model: genzoo.GenerativeModel, n: int = 256, repeats: int = 3)
     return n * repeats / (time.perf_counter() - start)
 
 
+def _values(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k not in ("step", "split", "time")}
+
+
 def bench_model(name: str, budget: str, out_root: Path) -> dict:
     run = genzoo.train(name, "digits", budget=budget, out=out_root / name, seed=0, progress=False)
     metrics = read_metrics(run)
@@ -57,9 +61,9 @@ def bench_model(name: str, budget: str, out_root: Path) -> dict:
         "model": name, "data": "digits", "budget_s": parse_budget(budget), "steps": train[-1]["step"],
         "steps_per_s": train[-1]["steps_per_s"], "samples_per_s": samples_per_s(model),
         "parameters": model.num_parameters(),
-        "final_train": {k: v for k, v in train[-1].items() if k not in ("step", "split", "time")},
-        "final_val": {k: v for k, v in val[-1].items() if k not in ("step", "split", "time")},
+        "final_train": _values(train[-1]), "final_val": _values(val[-1]),
         "best_checkpoint": model.provenance, "validation_metric": model.validation_metric,
+        "best_val": _values(next(m for m in val if m["step"] == model.provenance["step"])),
     }
     if name == "vae":
         bare = bare_loop_steps_per_s(name, 10.0, genzoo.model_class(name).train_defaults.get("batch_size", 64))
@@ -79,7 +83,8 @@ def main() -> None:
             path = write_result(f"foundation_{name}", result)
             print(f"{name}: {result['steps']} steps, {result['steps_per_s']:.1f} steps/s, "
                   f"{result['samples_per_s']:.0f} samples/s, {result['validation_metric']}="
-                  f"{result['final_val'].get(result['validation_metric'])} -> {path}")
+                  f"{result['final_val'].get(result['validation_metric'])} (best "
+                  f"{result['best_val'].get(result['validation_metric'])}) -> {path}")
 
 
 if __name__ == "__main__":

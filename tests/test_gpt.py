@@ -35,6 +35,16 @@ def _model(variant: str, data: genzoo.Dataset) -> genzoo.GenerativeModel:
     return genzoo.create(name, data, **hparams).eval()
 
 
+def _cli(*args: str) -> str:
+    from typer.testing import CliRunner
+
+    from genzoo.cli.app import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_logits_at_t_ignore_tokens_after_t(variant: str, data: genzoo.Dataset) -> None:
     model = _model(variant, data)
@@ -106,7 +116,13 @@ def test_run_directory_keeps_the_tokenizer_and_finetunes(data: genzoo.Dataset, t
                        **settings)
     assert (run / "tokenizer.json").is_file()
     model = genzoo.load(run, checkpoint="last")
-    assert model.generate("the", max_new_tokens=10, seed=0) == model.generate("the", max_new_tokens=10, seed=0)
+    expected = model.generate("the", max_new_tokens=10, seed=3, temperature=0.8)
+    assert expected == model.generate("the", max_new_tokens=10, seed=3, temperature=0.8)
+    # the CLI prints the prompt and the same completion, whole or streamed
+    for extra in ([], ["--stream"]):
+        printed = _cli("sample", str(run), "--checkpoint", "last", "--prompt", "the", "--max-new-tokens", "10",
+                       "--seed", "3", "--temperature", "0.8", *extra)
+        assert printed == "the" + expected + "\n"
     # --init RUN: the new text is read with the run's tokenizer and context, and weights start from the run
     new = tmp_path / "b.txt"
     new.write_text("the mat sat on the cat. " * 40)
@@ -140,6 +156,7 @@ def test_cli_finetunes_a_run_with_lora_and_keeps_base_weights(tmp_path: Path) ->
                            str(base), "--lora", "--steps", "4", "--out", str(tmp_path / "tuned"), "--quiet",
                            "--set", "batch_size=8", *sets], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
+    assert genzoo.read_config(tmp_path / "tuned")["finetune"] == {"init": str(base), "lora": True, "notes": []}
     before, after = load_tensors(base / "last" / "model.safetensors"), load_tensors(tmp_path / "tuned" / "last" /
                                                                                    "model.safetensors")
     adapters = [k for k in after if "lora_" in k]

@@ -66,6 +66,26 @@ def test_chat_goes_through_the_template(tiny_hf: Path) -> None:
     assert model.chat(messages, max_new_tokens=8, seed=1) == expected
 
 
+def test_cli_samples_and_chats_with_a_pretrained_model(tiny_hf: Path) -> None:
+    from typer.testing import CliRunner
+
+    from genzoo.cli.app import app
+
+    model = genzoo.load("hf:" + str(tiny_hf))
+    assert model.provenance["checkpoint"] == "pretrained"
+    runner = CliRunner()
+    completion = model.generate("the cat", max_new_tokens=6, seed=2)
+    for source in (["hf:" + str(tiny_hf)], ["--model", "hf:" + str(tiny_hf)]):
+        result = runner.invoke(app, ["sample", *source, "--prompt", "the cat", "--max-new-tokens", "6", "--seed", "2"])
+        assert result.exit_code == 0, result.output
+        assert result.output == "the cat" + completion + "\n"
+    answer = model.chat([{"role": "user", "content": "the cat"}], max_new_tokens=6, seed=2)
+    result = runner.invoke(app, ["sample", "hf:" + str(tiny_hf), "--chat", "--prompt", "the cat", "--max-new-tokens",
+                                 "6", "--seed", "2", "--stream"])
+    assert result.exit_code == 0, result.output
+    assert result.output == answer + "\n"
+
+
 def test_log_likelihood_matches_the_hf_loss(tiny_hf: Path) -> None:
     model = genzoo.load_pretrained(str(tiny_hf))
     ids = torch.tensor([model.tokenizer.encode("the dog ran to the log")])

@@ -199,3 +199,26 @@ def test_cli_train_sample_info_roundtrip(tmp_path: Path) -> None:
     assert np.allclose(arr, genzoo.load(out).sample(5, seed=0).numpy(), atol=1e-6)
     info = subprocess.run([*cmd, "info", str(out), "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert info.returncode == 0 and '"model": "vae"' in info.stdout
+
+
+def test_logged_losses_average_over_the_steps_that_reported_them(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """WGAN-GP reports g_loss only every n_critic steps: its logged mean must not be diluted by the other steps."""
+    from genzoo.training.logging import read_metrics
+    from genzoo.training.trainer import Trainer
+
+    reported: list[dict[str, float]] = []
+    original = Trainer._train_step
+
+    def recording(self: Trainer) -> dict[str, float]:
+        reported.append(original(self))
+        return reported[-1]
+
+    monkeypatch.setattr(Trainer, "_train_step", recording)
+    run = genzoo.train("wgan-gp", tiny_dataset(DataKind.VECTOR), steps=10, out=tmp_path / "w",
+                       overrides={"n_critic": 5}, **{**FAST, "log_every": 10})
+    logged = [m for m in read_metrics(run) if m["split"] == "train"][-1]
+    g_values = [r["g_loss"] for r in reported if "g_loss" in r]
+    assert len(g_values) == 2
+    assert logged["g_loss"] == pytest.approx(sum(g_values) / 2, rel=1e-6)
+    assert logged["d_loss"] == pytest.approx(sum(r["d_loss"] for r in reported) / 10, rel=1e-6)

@@ -39,7 +39,12 @@ def load(run_dir: str | Path, checkpoint: Literal["best", "last"] = "best", ema:
 
     Loads ``best/`` by default (``last/`` if no validation ran) and the EMA weights when the run kept them. The
     model's ``provenance`` attribute says which checkpoint, step and weights the numbers come from.
+    ``hf:NAME_OR_PATH`` loads a pretrained Hugging Face causal LM instead (see :func:`genzoo.load_pretrained`).
     """
+    if str(run_dir).startswith("hf:"):
+        from genzoo.models.transformer.hf import load_pretrained
+
+        return load_pretrained(str(run_dir)[3:])
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     info = DataInfo.from_json(config["data"]["info"])

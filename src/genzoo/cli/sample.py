@@ -10,12 +10,14 @@ import typer
 import genzoo
 from genzoo.cli.app import app, console
 from genzoo.contract import Capability, parse_override
+from genzoo.errors import GenzooError
 from genzoo.io import save_samples
 
 
 @app.command()
 def sample(
-    run: Path = typer.Argument(..., help="Run directory."),
+    run: str = typer.Argument(None, help="Run directory, or hf:NAME_OR_PATH for a pretrained Hugging Face LM."),
+    pretrained: str = typer.Option(None, "--model", help="hf:NAME_OR_PATH: sample a pretrained LM (no RUN)."),
     n: int = typer.Option(64, "-n", "--num", help="Number of samples."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same samples."),
     out: Path = typer.Option(None, "--out", "-o", help="Output .png (grid/scatter) or .npy (arrays in data units)."),
@@ -38,13 +40,17 @@ def sample(
     stop: list[str] = typer.Option([], "--stop", help="Text: stop string (repeatable)."),
     num_return_sequences: int = typer.Option(1, "--num-return-sequences", help="Text: completions to draw."),
     stream: bool = typer.Option(False, "--stream", help="Text: print tokens as they are generated."),
+    chat: bool = typer.Option(False, "--chat", help="Text: send --prompt as a user message through the model's "
+                                                    "chat template (pretrained chat models)."),
 ) -> None:
-    """Sample from a trained run (best checkpoint, EMA weights when kept)."""
-    model = genzoo.load(run, checkpoint=checkpoint, ema=not no_ema)  # type: ignore[arg-type]
+    """Sample from a trained run (best checkpoint, EMA weights when kept) or a pretrained LM."""
+    if (run is None) == (pretrained is None):
+        raise GenzooError("name a run directory (genzoo sample RUN) or a pretrained model (--model hf:NAME)")
+    model = genzoo.load(run or pretrained, checkpoint=checkpoint, ema=not no_ema)  # type: ignore[arg-type]
     if Capability.GENERATE_TEXT in model.capabilities:
         from genzoo.cli.text import sample_text
 
-        sample_text(model, prompt=prompt or "", seed=seed, stream=stream, max_new_tokens=max_new_tokens,
+        sample_text(model, prompt=prompt or "", seed=seed, stream=stream, chat=chat, max_new_tokens=max_new_tokens,
                     temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                     repetition_penalty=repetition_penalty, stop=stop or None,
                     num_return_sequences=num_return_sequences)

@@ -95,6 +95,9 @@ def train(
     net = build_model(model, dataset.info, hparams)
     plan.apply(net)
     run_dir = Path(out) if out is not None else default_run_dir(model, dataset.info.spec)
-    trainer = Trainer(net, dataset, run_dir, cfg, run_config(net, dataset.info, cfg), resume=resume)
+    config = run_config(net, dataset.info, cfg)
+    if init or lora:
+        config["finetune"] = {"init": init, "lora": lora, "notes": plan.notes}
+    trainer = Trainer(net, dataset, run_dir, cfg, config, resume=resume)
     trainer.fit()
     return run_dir

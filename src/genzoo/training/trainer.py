@@ -231,6 +231,7 @@ class Trainer:
         start_step, start = self.step, time.perf_counter()
         bar = ProgressBar(cfg.progress, target, cfg.budget, self.model.name, start_step)
         running: dict[str, float] = {}
+        counts: dict[str, int] = {}  # per key: a GAN's generator loss comes only every n_critic steps
         val: dict[str, float] = {}
         with bar:
             while (target is None or self.step < target) and (
@@ -239,12 +240,13 @@ class Trainer:
                 losses = self._train_step()
                 for key, value in losses.items():
                     running[key] = running.get(key, 0.0) + value
+                    counts[key] = counts.get(key, 0) + 1
                 elapsed = time.perf_counter() - start
                 rate = (self.step - start_step) / max(elapsed, 1e-9)
                 if self.step % cfg.log_every == 0:
-                    means = {k: v / cfg.log_every for k, v in running.items()}
+                    means = {k: v / counts[k] for k, v in running.items()}
                     self.logger.log(self.step, "train", {**means, "steps_per_s": rate})
-                    running = {}
+                    running, counts = {}, {}
                 if self.step % cfg.eval_every == 0:
                     val = self._validate_and_keep_best()
                 if self.step % cfg.sample_every == 0:

@@ -16,24 +16,18 @@ is sensitive to local structure; see :mod:`genzoo.metrics.mmd`).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from genzoo.contract import Batch, Capability, DataInfo, DataKind, GenerativeModel, ModelConfig, Optimizers
-from genzoo.metrics.mmd import generator_validation
+from genzoo.contract import Batch, DataInfo, DataKind, Optimizers
+from genzoo.models.gan.base import GAN, GANConfig
 from genzoo.nn.gan import discriminator_net, generator_net
 from genzoo.registry import register
 
 
-class DCGANConfig(ModelConfig):
-    latent_dim: int = Field(64, ge=1, description="size of the latent code z")
-    width: int = Field(32, ge=1, description="conv base channels (images)")
-    hidden: int = Field(256, ge=1, description="MLP hidden units (vector data)")
-    depth: int = Field(3, ge=1, description="MLP hidden layers (vector data)")
+class DCGANConfig(GANConfig):
     lr: float | None = Field(None, gt=0, description="Adam learning rate of G and D; None: 2e-4 for conv nets "
                              "(the paper's), 1e-3 for MLPs (at 2e-4 they collapse onto one mode of toy:8gaussians)")
     betas: tuple[float, float] = (0.5, 0.999)
@@ -46,19 +40,11 @@ def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
 
 
 @register
-class DCGAN(GenerativeModel):
+class DCGAN(GAN):
     """Deep convolutional GAN: a generator against a real/fake classifier (non-saturating loss)."""
 
     name = "dcgan"
-    family = "gan"
     Config = DCGANConfig
-    data_kinds = frozenset({DataKind.IMAGE, DataKind.VECTOR})
-    base_capabilities = frozenset({Capability.SAMPLE})
-    validation_metric = "val_mmd"
-    smoke_config: ClassVar[dict[str, Any]] = {"latent_dim": 8, "width": 8, "hidden": 32, "depth": 2}
-    # averaged generator weights give visibly cleaner samples (Yazici et al., 2019)
-    train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999}
-
     config: DCGANConfig
 
     def __init__(self, config: DCGANConfig, data: DataInfo) -> None:
@@ -75,7 +61,7 @@ class DCGAN(GenerativeModel):
 
     def training_step(self, batch: Batch, step: int, optim: Optimizers) -> dict[str, float]:
         real = self.preprocess(batch.x)
-        fake = self.generator(torch.randn(len(real), self.config.latent_dim, device=real.device))
+        fake = self.generator(self.latent(len(real), real.device))
         d_loss = discriminator_loss(self.discriminator(real), self.discriminator(fake.detach()))
         optim.step("discriminator", d_loss)
         # D's weights are constants in G's step: no need to accumulate their gradients
@@ -86,11 +72,3 @@ class DCGAN(GenerativeModel):
         finally:
             self.discriminator.requires_grad_(True)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
-
-    def validation_step(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
-        fake = self.generator(self.randn(len(batch), self.config.latent_dim, generator=generator))
-        return generator_validation(fake, self.preprocess(batch.x))
-
-    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, **options: Any) -> Tensor:
-        z = self.randn(n, self.config.latent_dim, generator=generator)
-        return self.postprocess(self.generator(z).view(n, *self.data.shape))

@@ -16,23 +16,18 @@ and held-out examples in network units, as for DCGAN.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from genzoo.contract import Batch, Capability, DataInfo, DataKind, GenerativeModel, ModelConfig, Optimizers
-from genzoo.metrics.mmd import generator_validation
+from genzoo.contract import Batch, DataInfo, Optimizers
+from genzoo.models.gan.base import GAN, GANConfig
 from genzoo.nn.gan import discriminator_net, generator_net
 from genzoo.registry import register
 
 
-class WGANGPConfig(ModelConfig):
-    latent_dim: int = Field(64, ge=1, description="size of the latent code z")
-    width: int = Field(32, ge=1, description="conv base channels (images)")
-    hidden: int = Field(256, ge=1, description="MLP hidden units (vector data)")
-    depth: int = Field(3, ge=1, description="MLP hidden layers (vector data)")
+class WGANGPConfig(GANConfig):
     lr: float = Field(1e-4, gt=0, description="Adam learning rate of G and the critic")
     betas: tuple[float, float] = (0.0, 0.9)
     gp_weight: float = Field(10.0, ge=0, description="lambda, weight of the gradient penalty")
@@ -51,19 +46,11 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
 
 
 @register
-class WGANGP(GenerativeModel):
+class WGANGP(GAN):
     """Wasserstein GAN with gradient penalty: a generator against a 1-Lipschitz critic."""
 
     name = "wgan-gp"
-    family = "gan"
     Config = WGANGPConfig
-    data_kinds = frozenset({DataKind.IMAGE, DataKind.VECTOR})
-    base_capabilities = frozenset({Capability.SAMPLE})
-    validation_metric = "val_mmd"
-    smoke_config: ClassVar[dict[str, Any]] = {"latent_dim": 8, "width": 8, "hidden": 32, "depth": 2}
-    # averaged generator weights give visibly cleaner samples (Yazici et al., 2019)
-    train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999}
-
     config: WGANGPConfig
 
     def __init__(self, config: WGANGPConfig, data: DataInfo) -> None:
@@ -82,7 +69,7 @@ class WGANGP(GenerativeModel):
         real = self.preprocess(batch.x)
         n = len(real)
         with torch.no_grad():
-            fake = self.generator(torch.randn(n, c.latent_dim, device=real.device))
+            fake = self.generator(self.latent(n, real.device))
         wasserstein = self.critic(real).mean() - self.critic(fake).mean()
         gp = gradient_penalty(self.critic, real, fake, torch.rand(n, device=real.device))
         d_loss = -wasserstein + c.gp_weight * gp
@@ -91,17 +78,9 @@ class WGANGP(GenerativeModel):
         if step % c.n_critic == 0:
             self.critic.requires_grad_(False)  # the critic is a constant in G's step
             try:
-                g_loss = -self.critic(self.generator(torch.randn(n, c.latent_dim, device=real.device))).mean()
+                g_loss = -self.critic(self.generator(self.latent(n, real.device))).mean()
                 optim.step("generator", g_loss)
             finally:
                 self.critic.requires_grad_(True)
             out["g_loss"] = g_loss.item()
         return out
-
-    def validation_step(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
-        fake = self.generator(self.randn(len(batch), self.config.latent_dim, generator=generator))
-        return generator_validation(fake, self.preprocess(batch.x))
-
-    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, **options: Any) -> Tensor:
-        z = self.randn(n, self.config.latent_dim, generator=generator)
-        return self.postprocess(self.generator(z).view(n, *self.data.shape))

@@ -138,13 +138,16 @@ class HFCausalLM(TokenSequenceModel):
     def eos_id(self) -> int | None:
         return None if self.tokenizer is None else self.tokenizer.eos_token_id
 
-    def chat(self, messages: list[dict[str, str]], **options: Any) -> str | list[str]:
-        """Answer a conversation ``[{"role": "user", "content": ...}, ...]`` through the model's chat template."""
+    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The token ids of a conversation rendered by the model's chat template, ready for the answer."""
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise GenzooError("this model has no chat template; use generate(prompt) instead")
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False)
-        return self.generate_from_ids(list(ids), **options)
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False))
+
+    def chat(self, messages: list[dict[str, str]], **options: Any) -> str | list[str]:
+        """Answer a conversation ``[{"role": "user", "content": ...}, ...]`` through the model's chat template."""
+        return self.generate_from_ids(self.chat_prompt_ids(messages), **options)
 
     def save_assets(self, directory: Path) -> None:
         if self.tokenizer is None:
@@ -172,4 +175,5 @@ def load_pretrained(name: str, *, lora_rank: int = 0) -> HFCausalLM:
     info = DataInfo(kind=DataKind.TOKENS, shape=(min(context, PRETRAINED_SAMPLE_LEN),), levels=len(tok),
                     spec=f"hf:{name}", extra={"tokenizer": meta})
     model = HFCausalLM(HFCausalLM.Config(pretrained=name, lora_rank=lora_rank), info)
+    model.provenance = {"run": f"hf:{name}", "checkpoint": "pretrained", "step": None, "weights": "pretrained"}
     return model.eval()
