@@ -139,6 +139,23 @@ def test_run_directory_keeps_the_tokenizer_and_finetunes(data: genzoo.Dataset, t
                               model(model.with_bos(dataset.batch_at(0, 2, 0).x)), atol=1e-5)
 
 
+def test_eval_reports_language_metrics_consistent_with_the_likelihood(tmp_path: Path) -> None:
+    corpus = tmp_path / "a.txt"
+    corpus.write_text(TINY_CORPUS)
+    run = genzoo.train("gpt", f"text:{corpus}#context=16", steps=20, out=tmp_path / "run",
+                       overrides=VARIANTS["gpt-learned"][1], **{**FAST, "batch_size": 8})
+    result = genzoo.evaluate(run, seed=0)
+    text, likelihood = result["rows"]["model"]["text"], result["rows"]["model"]["likelihood"]
+    # the same test windows, summed two ways: nats per token from the exact likelihood
+    assert text["loss"] == pytest.approx(likelihood["nll_nats"] / 16, rel=1e-5)
+    assert text["perplexity"] == pytest.approx(math.exp(text["loss"]))
+    # characters: one token per character, so bits/char equals bits/token
+    assert text["bits_per_char"] == pytest.approx(text["bits_per_token"], rel=1e-6)
+    assert text["gen_tokens_per_s_cache"] > 0 and text["gen_tokens_per_s_no_cache"] > 0
+    printed = _cli("eval", str(run), "--no-report")
+    assert "perplexity" in printed and "bits/char" in printed
+
+
 def test_cli_finetunes_a_run_with_lora_and_keeps_base_weights(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -4,7 +4,9 @@ Protocol (fixed, recorded in every result): the *real* set is a fixed subset of 
 ``n_real_max``); the model draws ``n`` samples (default: as many as there are held-out examples, at most ``n_max``)
 with ``seed``; the *reference* row scores the held-out examples (validation + test split, the first ``n``) against
 the same real set, i.e. what a perfect model would get. Memorization compares nearest-training distances of
-samples with those of the held-out examples. Likelihoods are computed on the test split.
+samples with those of the held-out examples. Likelihoods are computed on the test split. Language models on
+token data get loss, perplexity and bits per token/char/byte on the test split and generation speed instead of
+sample-based scores.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from genzoo.eval.features import feature_space
 from genzoo.eval.protocol import PROTOCOL, Protocol, score_features, split_finite
 from genzoo.io import write_json
 from genzoo.metrics import dequantize, likelihood_summary, memorization, modes_hit, to_discrete
+from genzoo.metrics.text import generation_speed, text_metrics
 from genzoo.runs import read_config
 
 #: seed of the fixed real subset (independent of the evaluation seed, so every run meets the same real set)
@@ -202,6 +205,8 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
     rows["model"]["likelihood"] = model_likelihood(model, _cap(test, protocol.likelihood_max), seed)
     rows["reference"]["likelihood"] = _true_likelihood(dataset, _cap(test, protocol.likelihood_max))
     rows["model"]["cost"] = cost
+    if info.kind is DataKind.TOKENS and Capability.GENERATE_TEXT in model.capabilities:
+        rows["model"]["text"] = language_metrics(model, dataset, protocol)
 
     result: dict[str, Any] = {
         "genzoo_version": genzoo.__version__,
@@ -225,6 +230,17 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
 
             write_report(folder / "eval", result, samples if scored else samples[:0], offenders)
     return result
+
+
+def language_metrics(model: GenerativeModel, dataset: Dataset, protocol: Protocol = PROTOCOL) -> dict[str, float]:
+    """Held-out loss, perplexity, bits per token/char/byte on the test split, and generation tokens/s for one
+    sequence of up to a context window with and without the KV cache (see :mod:`genzoo.metrics.text`)."""
+    out = text_metrics(model, dataset, "test", limit=protocol.likelihood_max)
+    new_tokens = min(128, dataset.info.shape[0])
+    for use_cache in (True, False):
+        key = "gen_tokens_per_s_" + ("cache" if use_cache else "no_cache")
+        out[key] = generation_speed(model, new_tokens, use_cache=use_cache, seed=0)
+    return out
 
 
 def _cap(batch: Batch, limit: int) -> Batch:
