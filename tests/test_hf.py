@@ -86,6 +86,33 @@ def test_cli_samples_and_chats_with_a_pretrained_model(tiny_hf: Path) -> None:
     assert result.output == answer + "\n"
 
 
+def test_eval_scores_a_pretrained_model_on_user_text(tiny_hf: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from genzoo.cli.app import app
+
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(TINY_CORPUS * 8)
+    result = genzoo.evaluate("hf:" + str(tiny_hf), data=f"text:{corpus}")
+    text = result["rows"]["model"]["text"]
+    # independent of genzoo's scoring path: Hugging Face's own mean loss over the same test windows (after BOS)
+    model = genzoo.load_pretrained(str(tiny_hf))
+    data = genzoo.load_dataset(f"text:{corpus}#tokenizer=hf:{tiny_hf},context={model.data.shape[0]}")
+    windows = torch.cat([batch.x for batch in data.batches("test", 256)])
+    with torch.no_grad():
+        inputs = torch.cat([torch.full((len(windows), 1), model.bos), windows[:, :-1]], dim=1)
+        logits = model.lm(input_ids=inputs).logits
+        hf_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows.flatten())
+    assert text["loss"] == pytest.approx(float(hf_loss), rel=1e-4)
+    assert text["bits_per_byte"] > 0 and text["gen_tokens_per_s_cache"] > 0
+    runner = CliRunner()
+    out = runner.invoke(app, ["eval", "hf:" + str(tiny_hf), "--data", f"text:{corpus}", "--no-report"])
+    assert out.exit_code == 0, out.output
+    assert "perplexity" in out.output
+    missing = runner.invoke(app, ["eval", "hf:" + str(tiny_hf)])
+    assert missing.exit_code != 0 and "name the data" in str(missing.exception)
+
+
 def test_log_likelihood_matches_the_hf_loss(tiny_hf: Path) -> None:
     model = genzoo.load_pretrained(str(tiny_hf))
     ids = torch.tensor([model.tokenizer.encode("the dog ran to the log")])

@@ -27,13 +27,15 @@ def read_set(source: str) -> Tensor:
 
 @app.command("eval")
 def eval_command(
-    runs: list[Path] = typer.Argument(None, help="Run directories to evaluate (several: compared side by side)."),
+    runs: list[Path] = typer.Argument(None, help="Run directories to evaluate (several: compared side by side), "
+                                                 "or hf:NAME_OR_PATH (a pretrained LM, with --data text:FILE)."),
     n: int = typer.Option(None, "--n", "-n", help="Samples to draw (default: as many as held-out examples, ≤2000)."),
     seed: int = typer.Option(0, "--seed", help="Sampling and metric seed: the same seed gives the same numbers."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
     real: str = typer.Option(None, "--real", help="Real set: .npz/.npy file, image folder or data spec."),
     fake: str = typer.Option(None, "--fake", help="Generated set to score against --real (no model involved)."),
-    data: str = typer.Option(None, "--data", help="With --real/--fake: use this data spec's feature space."),
+    data: str = typer.Option(None, "--data", help="Score runs on this data instead of their own (text is read with "
+                                                   "the model's tokenizer); with --real/--fake: its feature space."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report and PNGs in RUN/eval/."),
     opts: list[str] = typer.Option([], "--opt", help="Sampling option key=value for the model (e.g. steps=50)."),
 ) -> None:
@@ -55,10 +57,11 @@ def eval_command(
     if not runs:
         raise GenzooError("name at least one run directory, or use --real A --fake B")
     options = dict(parse_override(item) for item in opts)
-    results = [evaluate(run, n=n, seed=seed, report=not no_report, sample_options=options) for run in runs]
+    results = [evaluate(run, n=n, seed=seed, data=data, report=not no_report, sample_options=options)
+               for run in runs]
     if as_json:
         console.print_json(json.dumps(results if len(results) > 1 else results[0]))
         return
     console.print(table(results))
-    for run in runs:
+    for run in (Path(r["run"]) for r in results if r["run"]):
         console.print(f"wrote {run / 'eval.json'}" + ("" if no_report else f" and {run / 'eval' / 'index.html'}"))

@@ -49,6 +49,8 @@ def _resolve(run_or_model: str | Path | GenerativeModel, data: str | Dataset | N
     run, config = None, None
     if isinstance(run_or_model, GenerativeModel):
         model = run_or_model
+    elif str(run_or_model).startswith("hf:"):
+        model = genzoo.load(str(run_or_model))
     else:
         run = Path(run_or_model)
         config = read_config(run)
@@ -57,13 +59,28 @@ def _resolve(run_or_model: str | Path | GenerativeModel, data: str | Dataset | N
         dataset = data
     else:
         spec = data or (config["data"]["spec"] if config else model.data.spec)
-        if not spec:
-            raise GenzooError("the model does not record its data spec; pass data=SPEC")
+        if not spec or (data is None and spec.startswith("hf:")):
+            raise GenzooError(f"'{model.name}' does not record the data it was trained on: name the data to score "
+                              "it on (data='text:FILE', --data on the command line)")
+        if data is not None and model.data.kind is DataKind.TOKENS:
+            spec = _with_model_tokenizer(spec, model, run)
         dataset = load_dataset(spec, image_size=(config or {}).get("data", {}).get("image_size"))
     if tuple(dataset.info.shape) != tuple(model.data.shape):
         raise GenzooError(f"model '{model.name}' makes examples of shape {tuple(model.data.shape)} but data "
                           f"'{dataset.info.spec}' has shape {tuple(dataset.info.shape)}")
+    if model.data.kind is DataKind.TOKENS and dataset.info.levels != model.data.levels:
+        raise GenzooError(f"data '{dataset.info.spec}' has a vocabulary of {dataset.info.levels} tokens but model "
+                          f"'{model.name}' has {model.data.levels}: read it with the model's tokenizer")
     return model, run, config, dataset
+
+
+def _with_model_tokenizer(spec: str, model: GenerativeModel, run: Path | None) -> str:
+    """Other text is read with the model's own tokenizer and context, so that token ids mean the same."""
+    from genzoo.finetune import with_text_options
+
+    source = (model.data.extra.get("tokenizer") or {}).get("source", "")
+    tokenizer = str(run) if run is not None else source if source.startswith("hf:") else None
+    return with_text_options(spec, tokenizer=tokenizer, context=model.data.shape[0])
 
 
 def draw_samples(model: GenerativeModel, n: int, seed: int, batch: int, labels: Tensor | None,
