@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import genzoo
 from conftest import FAST
-from genzoo.contract import DataInfo, DataKind
+from genzoo.contract import Batch, DataInfo, DataKind, Optimizers
 from genzoo.data import TensorDataset, split_tensors
 from genzoo.models.vae.vae import discretized_logistic_log_prob
+from genzoo.registry import build_model
 
 
 def test_discretized_logistic_sums_to_one_over_the_levels() -> None:
@@ -68,3 +70,28 @@ def test_vae_bits_per_dim_on_digits_is_in_the_right_convention(tmp_path) -> None
     x = genzoo.load_dataset("digits").split("test").x[:64]
     bpd = model.log_likelihood(x).bits_per_dim(64).mean().item()
     assert abs(bpd - math.log2(17)) < 0.6, bpd
+
+
+# (shape, levels) -> the decoder likelihood 'auto' must pick for it
+IMAGE_CASES = [((1, 8, 8), 17, "categorical"), ((1, 28, 28), 2, "bernoulli"), ((3, 16, 16), 256, "logistic"),
+               ((3, 32, 32), 256, "logistic"), ((1, 64, 64), None, "gaussian"), ((3, 12, 20), 256, "logistic")]
+
+
+@pytest.mark.parametrize(("shape", "levels", "likelihood"), IMAGE_CASES, ids=lambda c: str(c))
+def test_images_of_every_size_and_channel_count_train_sample_and_score(shape, levels, likelihood) -> None:
+    info = DataInfo(kind=DataKind.IMAGE, shape=shape, levels=levels)
+    torch.manual_seed(0)
+    model = build_model("vae", info, {"width": 8, "latent_dim": 4})
+    assert model.likelihood == likelihood
+    x = torch.rand(3, *shape)
+    if levels:
+        x = (x * (levels - 1)).round() / (levels - 1)
+    out = model.training_step(Batch(x), 0, Optimizers(model.configure_optimizers()))
+    assert all(math.isfinite(v) for v in out.values())
+    samples = model.sample(2, seed=0)
+    assert samples.shape == (2, *shape) and samples.min() >= 0 and samples.max() <= 1
+    ll = model.log_likelihood(x)
+    assert ll.values.shape == (3,) and torch.isfinite(ll.values).all()
+    assert ll.kind == "lower_bound" and ll.discrete == (levels is not None)
+    if levels:  # a probability of discrete levels: log P <= 0
+        assert (ll.values <= 0).all()

@@ -11,6 +11,7 @@ import genzoo
 from genzoo.cli.app import app, console
 from genzoo.cli.info import run_summary
 from genzoo.eval import evaluate, table
+from genzoo.eval.report import NLL_MARK
 from genzoo.io import atomic_write_text, save_image_grid, write_json
 from genzoo.training import parse_budget
 
@@ -55,29 +56,41 @@ def _headline(result: dict) -> dict:
                 "c2st_accuracy": row.get("c2st_accuracy"), "bits_per_dim": likelihood.get("bits_per_dim"),
                 "likelihood_kind": likelihood.get("kind")}
     return {"model": pick(result["rows"]["model"]), "reference": pick(result["rows"]["reference"]),
-            "feature_space": result["protocol"]["feature_space"], "n": result["protocol"]["n"]}
+            "checkpoint": result.get("checkpoint") or {}, "feature_space": result["protocol"]["feature_space"],
+            "n": result["protocol"]["n"]}
 
 
 def _fmt(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
+def _checkpoint(checkpoint: dict) -> str:
+    return f"{checkpoint['checkpoint']} (step {checkpoint.get('step')})" if checkpoint.get("checkpoint") else "-"
+
+
+def _bits(row: dict) -> str:
+    kind = row.get("likelihood_kind")
+    return (NLL_MARK[kind] if kind else "") + _fmt(row.get("bits_per_dim"))
+
+
 def _markdown(summaries: list[dict]) -> str:
     lines = ["# genzoo demo: digits (8x8, 17 levels)", "",
-             "| model | parameters | steps | FD | precision | recall | C2ST acc. | bits/dim | samples |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | parameters | steps trained | scored checkpoint | FD | precision | recall | C2ST acc. "
+             "| bits/dim | samples |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     reference = summaries[0]["eval"]["reference"] if summaries else {}
-    rows = [("real held-out (reference)", None, None, reference, "-")]
-    rows += [(s["model"], s["parameters"], s["checkpoints"].get("last"), s["eval"]["model"],
-              Path(s["samples_png"]).name) for s in summaries]
-    for name, params, steps, ev, png in rows:
-        lines.append(f"| {name} | {_fmt(params)} | {_fmt(steps)} | {_fmt(ev.get('fd'))} | "
+    rows = [("real held-out (reference)", None, None, "-", reference, "-")]
+    rows += [(s["model"], s["parameters"], s["checkpoints"].get("last"), _checkpoint(s["eval"]["checkpoint"]),
+              s["eval"]["model"], Path(s["samples_png"]).name) for s in summaries]
+    for name, params, steps, scored, ev, png in rows:
+        lines.append(f"| {name} | {_fmt(params)} | {_fmt(steps)} | {scored} | {_fmt(ev.get('fd'))} | "
                      f"{_fmt(ev.get('precision'))} | {_fmt(ev.get('recall'))} | {_fmt(ev.get('c2st_accuracy'))} | "
-                     f"{_fmt(ev.get('bits_per_dim'))} | {png} |")
+                     f"{_bits(ev)} | {png} |")
     space = summaries[0]["eval"]["feature_space"] if summaries else {}
     n = summaries[0]["eval"]["n"] if summaries else 0
     lines += ["", f"Feature space: {space.get('name')} ({space.get('hash')}), {n} samples per row; "
-              "C2ST accuracy 0.5 = indistinguishable from real; bits/dim of the VAE is an upper bound (ELBO). "
+              "C2ST accuracy 0.5 = indistinguishable from real; bits/dim marked ≤ is an upper bound (from an ELBO, "
+              "say). "
               "Details: each run's eval/index.html and docs/evaluation.md.", "",
               "```json", json.dumps([{k: s[k] for k in ('model', 'last_val')} for s in summaries], indent=1), "```"]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from genzoo.errors import GenzooError
 from genzoo.io import atomic_path, atomic_write_text, save_image_grid, save_samples
 
 # how an NLL relates to the truth, from the kind of the log-likelihood it came from
-_NLL_MARK = {"exact": "", "lower_bound": "≤ ", "upper_bound": "≥ ", "estimate": "≈ "}
+NLL_MARK = {"exact": "", "lower_bound": "≤ ", "upper_bound": "≥ ", "estimate": "≈ "}
 
 
 def _get(row: dict[str, Any], *path: str) -> Any:
@@ -33,7 +33,7 @@ def _num(fmt: str, scale: float = 1.0) -> Callable[[Any], str]:
 
 def _nll(row: dict[str, Any], key: str, fmt: str) -> str:
     ll = row.get("likelihood")
-    return "–" if not ll else _NLL_MARK[ll["kind"]] + format(ll[key], fmt)
+    return "–" if not ll else NLL_MARK[ll["kind"]] + format(ll[key], fmt)
 
 
 #: (label, how to read the value from one row)
@@ -94,7 +94,15 @@ def _label(result: dict[str, Any]) -> str:
 def _columns(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     check_comparable(results)
     return [("real held-out (reference)", results[0]["rows"]["reference"])] + [
-        (_label(r), r["rows"]["model"]) for r in results]
+        (_label(r) + _checkpoint_note(r), r["rows"]["model"]) for r in results]
+
+
+def _checkpoint_note(result: dict[str, Any]) -> str:
+    """Which weights a column's numbers come from, e.g. "(best @ 500, ema)": best and last checkpoints differ."""
+    ck = result.get("checkpoint") or {}
+    if ck.get("checkpoint") is None:
+        return ""
+    return f"\n({ck['checkpoint']} @ {ck.get('step')}, {ck.get('weights')})"
 
 
 def _caption(results: list[dict[str, Any]]) -> str:
