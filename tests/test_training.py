@@ -48,6 +48,11 @@ def test_run_directory_layout_and_config(tmp_path: Path) -> None:
     for path in ("last/model.safetensors", "last/ema.safetensors", "last/optimizers.safetensors",
                  "last/trainer.json", "best/model.safetensors", "metrics.jsonl", "samples/latest.png"):
         assert (run / path).is_file(), path
+    # atomic writes go through private temp files, but the results are as readable as any new file
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (run / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (run / "last" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     # EMA weights are what load() gives by default, and they differ from the raw weights
     ema, raw = genzoo.load(run, "last"), genzoo.load(run, "last", ema=False)
     assert ema.provenance["weights"] == "ema" and raw.provenance["weights"] == "raw"
