@@ -227,3 +227,18 @@ def test_logged_losses_average_over_the_steps_that_reported_them(tmp_path: Path,
     assert len(g_values) == 2
     assert logged["g_loss"] == pytest.approx(sum(g_values) / 2, rel=1e-6)
     assert logged["d_loss"] == pytest.approx(sum(r["d_loss"] for r in reported) / 10, rel=1e-6)
+
+
+def test_threads_option_sets_the_torch_thread_count() -> None:
+    from typer.testing import CliRunner
+
+    from genzoo.cli import app
+
+    before = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, ["--threads", "3", "list"])
+        assert result.exit_code == 0 and "vae" in result.output
+        assert torch.get_num_threads() == 3
+        assert CliRunner().invoke(app, ["--threads", "0", "list"]).exit_code != 0
+    finally:
+        torch.set_num_threads(before)

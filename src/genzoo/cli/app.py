@@ -14,3 +14,16 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+@app.callback()
+def _options(
+    threads: int = typer.Option(None, "--threads", min=1, envvar="GENZOO_THREADS",
+                                help="CPU threads PyTorch may use (default: one per core). On a machine busy with "
+                                     "other work, fewer threads can be several times faster."),
+) -> None:
+    """Every major family of generative model behind one API: train on your data, sample, evaluate."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
