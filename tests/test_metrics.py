@@ -17,6 +17,7 @@ from genzoo.metrics import (
     class_coverage,
     dequantize,
     frechet_distance,
+    generator_validation,
     kernel_inception_distance,
     likelihood_summary,
     memorization,
@@ -170,6 +171,35 @@ def test_mismatched_shapes_and_nans_are_clear_errors() -> None:
     bad[3, 1] = float("nan")
     with pytest.raises(GenzooError, match="1 of 20 examples with NaN"):
         prdc(gaussian(20, 4, 1), bad)
-    values = torch.tensor([-1.0, float("-inf"), -3.0])
-    summary = likelihood_summary(LogLikelihood(values, "exact", True, "x"), dims=1)
-    assert summary["nonfinite"] == 1 and summary["nll_nats"] == pytest.approx(2.0)
+
+
+def test_a_test_point_with_probability_zero_makes_the_nll_infinite() -> None:
+    # dropping the -inf would give NLL 2.0: better than a model with log p = -3 everywhere, which is absurd
+    for bad in (float("-inf"), float("nan")):
+        values = torch.tensor([-1.0, bad, -3.0])
+        summary = likelihood_summary(LogLikelihood(values, "exact", True, "x"), dims=2)
+        assert summary["nll_nats"] == summary["bits_per_dim"] == math.inf
+        assert summary["nonfinite"] == 1 and summary["n"] == 3
+    everywhere = likelihood_summary(LogLikelihood(torch.full((3,), -3.0), "exact", True, "x"), dims=2)
+    assert everywhere["nll_nats"] == pytest.approx(3.0) and everywhere["nonfinite"] == 0
+
+
+def test_mmd_rejects_bad_input_with_clear_errors() -> None:
+    with pytest.raises(GenzooError, match=r"mmd2_unbiased: x examples have shape \(4,\) but y examples have shape"):
+        mmd2_unbiased(gaussian(10, 4, 0), gaussian(10, 5, 1))
+    bad = gaussian(20, 4, 0)
+    bad[3, 1] = float("nan")
+    with pytest.raises(GenzooError, match="y has 1 of 20 examples with NaN"):
+        mmd2_unbiased(gaussian(20, 4, 1), bad)
+    with pytest.raises(GenzooError, match="at least 2 examples in each set, got x=20, y=1"):
+        mmd2_unbiased(gaussian(20, 4, 1), bad[:1])
+    # a diverged GAN's validation logs NaN instead of stopping training
+    assert math.isnan(generator_validation(bad, gaussian(20, 4, 1))["val_mmd"])
+
+
+def test_kid_spread_is_measured_when_both_sets_fit_in_one_subset() -> None:
+    a, b = gaussian(300, 4, 0), gaussian(300, 4, 1)  # both smaller than the default subset size of 1000
+    kid, kid_std = kernel_inception_distance(a, b, subsets=20)
+    assert kid_std > 1e-4 and abs(kid) < 3 * kid_std  # a real spread, and 0 lies within it for one distribution
+    shifted, shifted_std = kernel_inception_distance(a, b + 1.0, subsets=20)
+    assert shifted > 3 * shifted_std

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import torch
 import typer
-from torch import Tensor
+from rich.table import Table
 
 from genzoo.cli.app import app, console
 from genzoo.contract import parse_override
-from genzoo.data.specs import load_dataset
+from genzoo.data.specs import read_examples
 from genzoo.errors import GenzooError
 from genzoo.eval import compare_sets, evaluate, table
-from genzoo.eval.report import columns_table
-
-
-def read_set(source: str) -> Tensor:
-    """Every example of a file, folder or data spec (all splits): .npz/.npy files, image folders, or any spec."""
-    path = Path(source)
-    spec = f"{path.suffix[1:]}:{source}" if path.suffix in (".npz", ".npy") and path.is_file() else source
-    dataset = load_dataset(spec)
-    return torch.cat([b.x for split in ("train", "val", "test") for b in dataset.batches(split, 4096)])
+from genzoo.eval.report import columns_table, warnings_note
 
 
 @app.command("eval")
@@ -45,14 +37,11 @@ def eval_command(
     if real is not None:
         if runs:
             raise GenzooError("give either run directories or --real/--fake, not both")
-        row = compare_sets(read_set(real), read_set(fake), features=data, seed=seed)
+        row = compare_sets(read_examples(real), read_examples(fake, finite=False), features=data, seed=seed)
         if as_json:
             console.print_json(json.dumps(row))
         else:
-            space = row["feature_space"]
-            caption = (f"real {real} ({row['n_real']} examples) · feature space {space['name']} ({space['hash']}) "
-                       f"· seed {seed}")
-            console.print(columns_table([(fake, row)], caption))
+            console.print(_sets_table(row, real, fake, seed))
         return
     if not runs:
         raise GenzooError("name at least one run directory, or use --real A --fake B")
@@ -65,3 +54,12 @@ def eval_command(
     console.print(table(results))
     for run in (Path(r["run"]) for r in results if r["run"]):
         console.print(f"wrote {run / 'eval.json'}" + ("" if no_report else f" and {run / 'eval' / 'index.html'}"))
+
+
+def _sets_table(row: dict[str, Any], real: str, fake: str, seed: int) -> Table:
+    """The --real/--fake table: the fake set's column, after the reference column when there is one."""
+    space = row["feature_space"]
+    caption = (f"real {real} ({row['n_real']} examples scored) · feature space {space['name']} ({space['hash']}) "
+               f"· seed {seed}" + warnings_note(row["warnings"]))
+    reference = [("real held-out (reference)", row["reference"])] if row.get("reference") else []
+    return columns_table([*reference, (fake, row)], caption)

@@ -65,7 +65,7 @@ def _labels(y: np.ndarray, n: int, source: str) -> Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
-def _image_tensor(x: np.ndarray, source: str) -> tuple[Tensor, int | None]:
+def image_tensor(x: np.ndarray, source: str) -> tuple[Tensor, int | None]:
     """(N, H, W) / (N, C, H, W) / (N, H, W, C) -> float (N, C, H, W) in [0, 1] and its number of levels."""
     if x.ndim == 3:
         x = x[:, None]
@@ -103,7 +103,7 @@ def array_dataset(x: np.ndarray, y: np.ndarray | None, source: str, options: Dat
     if x.ndim not in (3, 4):
         raise DataError(f"{source}: expected (N, D) vectors or (N, H, W) / (N, C, H, W) / (N, H, W, C) images, "
                         f"got shape {x.shape}")
-    images, levels = _image_tensor(x, source)
+    images, levels = image_tensor(x, source)
     if options.image_size:
         images, levels = resize_images(images, options.image_size, levels)
     train, val, test = split_tensors(images, labels)
@@ -113,7 +113,7 @@ def array_dataset(x: np.ndarray, y: np.ndarray | None, source: str, options: Dat
     return TensorDataset(info, train, val, test)
 
 
-def _read_numpy(path: Path, prefix: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+def read_numpy(path: Path, prefix: str) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Data and optional labels from an .npy or .npz file (whichever it really is), never unpickling."""
     try:
         with open(path, "rb") as handle:
@@ -137,13 +137,13 @@ def _read_numpy(path: Path, prefix: str) -> tuple[np.ndarray, np.ndarray | None,
 
 @register_loader("npz", "npz:FILE  array 'x' (or the first array) as images or vectors; optional labels 'y'")
 def load_npz(arg: str | None, options: DataOptions) -> TensorDataset:
-    x, y, source = _read_numpy(existing_file(arg, "npz"), "npz")
+    x, y, source = read_numpy(existing_file(arg, "npz"), "npz")
     return array_dataset(x, y, source, options)
 
 
 @register_loader("npy", "npy:FILE  one array: (N, D) vectors or (N, H, W[, C]) / (N, C, H, W) images")
 def load_npy(arg: str | None, options: DataOptions) -> TensorDataset:
-    x, y, source = _read_numpy(existing_file(arg, "npy"), "npy")
+    x, y, source = read_numpy(existing_file(arg, "npy"), "npy")
     return array_dataset(x, y, source, options)
 
 
@@ -191,3 +191,24 @@ def load_csv(arg: str | None, options: DataOptions) -> TensorDataset:
                 raise DataError(f"{where}: NaN/Inf value '{cell}'")
             values[i, j] = number
     return vector_dataset(torch.from_numpy(values.astype(np.float32)), None, str(path))
+
+
+def read_array_examples(path: Path, *, finite: bool = True) -> Tensor:
+    """Every example of an .npz/.npy file in data units (vectors (N, D), images (N, C, H, W) in [0, 1]), through
+    the loader's checks but not split into train/validation/test: a set to score, not to train on.
+
+    With ``finite=False`` (a generated set) examples holding NaN/Inf values are kept, as NaN, so that the metrics
+    can drop and count them instead of refusing the file.
+    """
+    x, _, source = read_numpy(path, path.suffix[1:])
+    if x.dtype.kind not in "biuf" or x.ndim not in (1, 2, 3, 4) or not x.size:
+        array_dataset(x, None, source, DataOptions())  # raises the loader's own message
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(1)
+    if finite:
+        check_finite(torch.from_numpy(x), source)
+    # the range checks see finite placeholders; the NaN goes back in after
+    clean = np.where(bad.reshape((-1,) + (1,) * (x.ndim - 1)), 0, x)
+    out = (torch.from_numpy(np.asarray(clean, dtype=np.float32).reshape(len(x), -1)) if x.ndim <= 2
+           else image_tensor(clean, source)[0])
+    out[torch.from_numpy(bad)] = float("nan")
+    return out

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 from genzoo.data.base import Dataset
 from genzoo.errors import DataError
 
@@ -66,6 +69,19 @@ def load_dataset(spec: str, image_size: int | None = None) -> Dataset:
         raise DataError(f"data spec '{spec}' names nothing: no such file or folder, and not one of: "
                         + "; ".join(spec_help()))
     return _with_spec(dataset, spec, image_size)
+
+
+def read_examples(source: str | Path, *, finite: bool = True) -> Tensor:
+    """Every example (all splits) of a data spec, an image folder or an .npz/.npy file, e.g. a set of samples to
+    score with :func:`genzoo.compare_sets`. Arrays are read whole (see
+    :func:`genzoo.data.arrays.read_array_examples`, which ``finite=False`` lets keep NaN/Inf examples)."""
+    path = Path(source)
+    if path.suffix in (".npz", ".npy") and path.is_file():
+        from genzoo.data.arrays import read_array_examples
+
+        return read_array_examples(path, finite=finite)
+    dataset = load_dataset(str(source))
+    return torch.cat([b.x for split in ("train", "val", "test") for b in dataset.batches(split, 4096)])
 
 
 def _with_spec(dataset: Dataset, spec: str, image_size: int | None) -> Dataset:

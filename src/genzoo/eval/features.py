@@ -189,8 +189,8 @@ def _fit(net: FeatureNet, dataset: Dataset, steps: int) -> dict[str, Any]:
 
 
 def set_space(real: Tensor, info: DataInfo) -> FeatureSpace:
-    """Feature space for a bare set of real examples (``compare_sets`` without a dataset): raw vectors, or an
-    autoencoder fitted on the real set itself for images."""
+    """Feature space for a bare set of real examples (``compare_sets`` without a dataset): raw vectors, or for
+    images an autoencoder fitted on ``real`` (``compare_sets`` passes half of its real set and scores the rest)."""
     if info.kind is DataKind.VECTOR:
         return raw_space(info)
     whole = Batch(real)

@@ -59,6 +59,7 @@ METRICS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("exact copies", lambda r: _num(".3f")(_get(r, "memorization", "exact_copies"))),
     ("NLL nats/example ↓", lambda r: _nll(r, "nll_nats", ".2f")),
     ("bits/dim ↓", lambda r: _nll(r, "bits_per_dim", ".4f")),
+    ("test points with log p = -inf/NaN", lambda r: _num("d")(_get(r, "likelihood", "nonfinite") or None)),
     ("likelihood method", lambda r: _get(r, "likelihood", "method") or "–"),
     ("loss nats/token ↓", lambda r: _num(".4f")(_get(r, "text", "loss"))),
     ("perplexity ↓", lambda r: _num(".3f")(_get(r, "text", "perplexity"))),
@@ -74,8 +75,13 @@ METRICS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
 ]
 
 
+#: protocol settings that change the numbers (the seed only draws other samples; sample_batch changes nothing)
+_SETTINGS = ("n", "n_real", "k", "kid_subsets", "kid_subset_size", "c2st_folds", "likelihood_max")
+
+
 def check_comparable(results: list[dict[str, Any]]) -> None:
-    """Refuse to put side by side results measured in different feature spaces (or on different data)."""
+    """Refuse to put side by side results measured in different feature spaces, on different data, or with other
+    sample counts or metric settings (FD, for one, falls as the sample count grows)."""
     first = results[0]
     for other in results[1:]:
         a, b = first["protocol"]["feature_space"], other["protocol"]["feature_space"]
@@ -85,6 +91,12 @@ def check_comparable(results: list[dict[str, Any]]) -> None:
                 f"{(a or {}).get('name')} {(a or {}).get('hash')}) with {_label(other)} (data "
                 f"'{other['data']['spec']}', feature space {(b or {}).get('name')} {(b or {}).get('hash')}): "
                 "scores from different feature spaces are not comparable")
+        differ = [k for k in _SETTINGS if first["protocol"].get(k) != other["protocol"].get(k)]
+        if differ:
+            got = "; ".join(f"{k} = {first['protocol'].get(k)} vs {other['protocol'].get(k)}" for k in differ)
+            raise GenzooError(f"cannot compare {_label(first)} with {_label(other)}: they were scored with different "
+                              f"protocol settings ({got}); the metrics depend on them, so evaluate both with the "
+                              "same --n and protocol")
 
 
 def _label(result: dict[str, Any]) -> str:
@@ -109,7 +121,13 @@ def _caption(results: list[dict[str, Any]]) -> str:
     p = results[0]["protocol"]
     space = p["feature_space"] or {}
     return (f"data {results[0]['data']['spec']} · feature space {space.get('name')} ({space.get('hash')}) · "
-            f"{p['n_real']} real training examples · seed {p['seed']} · likelihood on {p['n_test']} test examples")
+            f"{p['n_real']} real training examples · seed {p['seed']} · likelihood on {p['n_test']} test examples"
+            + warnings_note(results[0].get("warnings")))
+
+
+def warnings_note(warnings: list[str] | None) -> str:
+    """Caveats for a caption, one per line ("" when there are none)."""
+    return "".join(f"\nwarning: {w}" for w in warnings or [])
 
 
 def table(results: list[dict[str, Any]]) -> Table:

@@ -25,7 +25,7 @@ from genzoo.data.base import Dataset
 from genzoo.data.specs import load_dataset
 from genzoo.errors import GenzooError
 from genzoo.eval.features import feature_space
-from genzoo.eval.protocol import PROTOCOL, Protocol, score_features, split_finite
+from genzoo.eval.protocol import PROTOCOL, Protocol, reference_warning, score_features, split_finite
 from genzoo.io import write_json
 from genzoo.metrics import dequantize, likelihood_summary, memorization, modes_hit, to_discrete
 from genzoo.metrics.text import generation_speed, text_metrics
@@ -175,13 +175,13 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
     model, only when ``out`` names a folder. Samples with NaN/Inf values are dropped and counted.
     """
     started = time.perf_counter()
+    if n is not None and n < 1:  # checked before loading anything; None (not 0) asks for the default
+        raise GenzooError(f"the number of samples n (--n) must be at least 1, got {n}; leave it out for the default")
     model, run, config, dataset = _resolve(run_or_model, data)
     info = dataset.info
     model.eval()
     train, held, test = _split(dataset, "train"), _split(dataset, "val", "test"), _split(dataset, "test")
-    n = n or min(protocol.n_max, len(held))
-    if n < 1:
-        raise GenzooError(f"--n must be positive, got {n}")
+    n = min(protocol.n_max, len(held)) if n is None else n
     labels = None
     if Capability.SAMPLE not in model.capabilities and Capability.CONDITIONAL_SAMPLE in model.capabilities:
         # a model that only samples given a class gets labels in the training split's proportions
@@ -224,6 +224,7 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
     rows["model"]["cost"] = cost
     if info.kind is DataKind.TOKENS and Capability.GENERATE_TEXT in model.capabilities:
         rows["model"]["text"] = language_metrics(model, dataset, protocol)
+    warning = reference_warning(min(n, len(held)), n) if scored else None
 
     result: dict[str, Any] = {
         "genzoo_version": genzoo.__version__,
@@ -237,6 +238,7 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
                      "n_test": min(len(test), protocol.likelihood_max),
                      "feature_space": None if space is None else space.describe()},
         "rows": rows,
+        "warnings": [warning] if warning else [],
         "seconds": round(time.perf_counter() - started, 2),
     }
     folder = Path(out) if out is not None else run

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genzoo.metrics.checks import check_pair
+from genzoo.metrics.checks import check_pair, equal_size
 
 
 def c2st(real: Tensor, fake: Tensor, folds: int = 5, seed: int = 0) -> dict[str, float]:
@@ -29,10 +29,8 @@ def c2st(real: Tensor, fake: Tensor, folds: int = 5, seed: int = 0) -> dict[str,
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    a, b = check_pair(real, fake, "c2st", min_n=2 * folds)
-    gen = torch.Generator().manual_seed(seed)
-    m = min(len(a), len(b))
-    a, b = a[torch.randperm(len(a), generator=gen)[:m]], b[torch.randperm(len(b), generator=gen)[:m]]
+    a, b = equal_size(*check_pair(real, fake, "c2st", min_n=2 * folds), seed)
+    m = len(a)
     x = torch.cat([a, b]).numpy()
     y = np.r_[np.ones(m), np.zeros(m)]
     accuracy, auroc = [], []

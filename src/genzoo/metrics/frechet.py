@@ -35,13 +35,22 @@ def frechet_distance(real: Tensor, fake: Tensor) -> float:
     return max(fd, 0.0)
 
 
+def kid_subset_size(n_real: int, n_fake: int, subset_size: int = 1000) -> int:
+    """Examples per KID subset: ``subset_size``, but at most half the smaller set, so that the subsets differ and
+    their spread says something (subsets as large as both sets would all be the whole sets: a std of 0)."""
+    return min(subset_size, min(n_real, n_fake) // 2)
+
+
 def kernel_inception_distance(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
                               seed: int = 0) -> tuple[float, float]:
     """Unbiased KID (Bińkowski et al., 2018): mean and std over random subsets of the squared MMD with the
     cubic polynomial kernel k(a, b) = (a.b / d + 1)^3. Unbiased, so 0 in expectation for equal distributions.
+
+    Subsets hold :func:`kid_subset_size` examples; the std is the spread of KID at that size, so it overstates the
+    uncertainty of the mean when the subsets are much smaller than the sets.
     """
-    a, b = check_pair(real, fake, "kernel_inception_distance", min_n=2)
-    m = min(subset_size, len(a), len(b))
+    a, b = check_pair(real, fake, "kernel_inception_distance", min_n=4)
+    m = kid_subset_size(len(a), len(b), subset_size)
     check_count("kernel_inception_distance", 2, subset_size=m)
     gen = torch.Generator().manual_seed(seed)
     d = a.shape[1]

@@ -51,19 +51,20 @@ def to_discrete(ll: LogLikelihood, dims: int, levels: int | None, dequantized: b
 def likelihood_summary(ll: LogLikelihood, dims: int) -> dict[str, object]:
     """Mean NLL in nats/example and bits/dim, with the kind of value (in log-likelihood terms) and how computed.
 
-    Non-finite values are counted, not averaged: one -inf example would make the mean meaningless.
+    A -inf or NaN value makes the NLL infinite: dropping it would score a model that gives some test points
+    probability zero better than one that does not. ``nonfinite`` counts those values.
     """
     values = ll.values.detach().double().flatten().cpu()
-    finite = torch.isfinite(values)
-    if not finite.any():
-        raise GenzooError(f"every log-likelihood value is non-finite ({ll.method})")
-    nll = float(-values[finite].mean())
+    if not len(values):
+        raise GenzooError(f"no log-likelihood values to summarise ({ll.method})")
+    nonfinite = int((~torch.isfinite(values)).sum())
+    nll = math.inf if bool((values.isnan() | (values == -math.inf)).any()) else float(-values.mean())
     return {
         "nll_nats": nll,
         "bits_per_dim": nll / (dims * math.log(2.0)),
         "kind": ll.kind,
         "discrete": ll.discrete,
         "method": ll.method,
-        "n": int(finite.sum()),
-        "nonfinite": int((~finite).sum()),
+        "n": len(values),
+        "nonfinite": nonfinite,
     }

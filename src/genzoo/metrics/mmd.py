@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from genzoo.metrics.checks import check_pair
+
 #: bandwidth scale for validating generators: on 8x8 digits, batches of 64, it separates a 500-step DCGAN from a
 #: 2000-step one by several noise standard deviations, where the plain median heuristic (scale 1) cannot
 LOCAL_SCALE = 0.25
@@ -37,11 +39,10 @@ def mmd2_unbiased(x: Tensor, y: Tensor, bandwidth: float | Tensor | None = None,
     ``bandwidth`` is the kernel's s; by default ``bandwidth_scale`` times the median heuristic on the pooled
     sample. In high dimension the median bandwidth sees mostly the mean and scale of the data; a scale < 1
     (0.25 say) weights near neighbours and tells apart samples that differ in local structure. Computed in float64
-    and returned as a 0-dim tensor of ``x``'s dtype.
+    and returned as a 0-dim tensor of ``x``'s dtype. Mismatched shapes, NaN/Inf values and fewer than 2 examples in
+    a sample are a :class:`~genzoo.errors.GenzooError`.
     """
-    if len(x) < 2 or len(y) < 2:
-        raise ValueError(f"unbiased MMD needs at least 2 examples per sample, got {len(x)} and {len(y)}")
-    xf, yf = x.flatten(1).double(), y.flatten(1).double()
+    xf, yf = check_pair(x, y, "mmd2_unbiased", min_n=2, names=("x", "y"))
     if bandwidth is None:
         s = bandwidth_scale * median_bandwidth(xf, yf)
     else:
@@ -53,15 +54,19 @@ def mmd2_unbiased(x: Tensor, y: Tensor, bandwidth: float | Tensor | None = None,
     k_xy = torch.exp(-gamma * _squared_distances(xf, yf))
     within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
     within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
-    return (within_x + within_y - 2.0 * k_xy.mean()).to(x.dtype)
+    out_dtype = x.dtype if torch.is_floating_point(x) else torch.float64  # integer images would truncate it to 0
+    return (within_x + within_y - 2.0 * k_xy.mean()).to(out_dtype)
 
 
 def generator_validation(fake: Tensor, real: Tensor) -> dict[str, float]:
     """``{"val_mmd": MMD^2}`` at :data:`LOCAL_SCALE` between generated and held-out examples (network units).
 
     The validation of models without a likelihood (GANs). Empty for a batch of fewer than 2 examples (e.g. the
-    last, short validation batch), where the unbiased estimate is undefined.
+    last, short validation batch), where the unbiased estimate is undefined; NaN when the generator made NaN/Inf
+    values.
     """
     if len(fake) < 2 or len(real) < 2:
         return {}
+    if not torch.isfinite(fake).all():  # a diverged generator: a NaN score to log, not an error that stops training
+        return {"val_mmd": float("nan")}
     return {"val_mmd": mmd2_unbiased(fake, real, bandwidth_scale=LOCAL_SCALE).item()}
