@@ -201,6 +201,19 @@ def test_cli_eval_of_a_tiny_vae_run_and_of_two_sets(tmp_path: Path) -> None:
     assert json.loads(out.output)["c2st_auroc"] > 0.8
 
 
+def test_evaluation_reports_each_of_its_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from genzoo.eval import runner
+
+    run = genzoo.train("vae", tiny_dataset(DataKind.IMAGE), steps=2, out=tmp_path / "run",
+                       overrides={"latent_dim": 4, "width": 8}, **FAST)
+    seen: list[str] = []
+    real_call = runner.Stages.__call__
+    monkeypatch.setattr(runner.Stages, "__call__", lambda self, text: (seen.append(text), real_call(self, text)))
+    result = evaluate(run, n=32, progress=True, protocol=QUICK)
+    assert [s.split()[0] for s in seen] == ["loading", "drawing", "scoring", "likelihood", "writing"]
+    assert len(seen) == runner.Stages.TOTAL and "32 samples" in seen[1]
+    assert result["rows"]["model"]["n_fake"] == 32
+
 
 def test_cli_bad_input_exits_2_with_one_line_naming_the_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:

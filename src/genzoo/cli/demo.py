@@ -38,7 +38,7 @@ def demo(
         model = genzoo.load(run)
         grid = out / f"{name}-samples.png"
         save_image_grid(grid, model.sample(64, seed=seed), nrow=8)
-        result = evaluate(run, seed=seed)
+        result = evaluate(run, seed=seed, progress=True)
         results.append(result)
         summaries.append({**run_summary(run), "samples_png": str(grid), "eval": _headline(result),
                           "report": str(run / "eval" / "index.html")})

@@ -46,8 +46,8 @@ def eval_command(
     if not runs:
         raise GenzooError("name at least one run directory, or use --real A --fake B")
     options = dict(parse_override(item) for item in opts)
-    results = [evaluate(run, n=n, seed=seed, data=data, report=not no_report, sample_options=options)
-               for run in runs]
+    results = [evaluate(run, n=n, seed=seed, data=data, report=not no_report, sample_options=options,
+                        progress=not as_json) for run in runs]
     if as_json:
         console.print_json(json.dumps(results if len(results) > 1 else results[0]))
         return

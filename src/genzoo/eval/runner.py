@@ -166,15 +166,52 @@ def _training_throughput(run: Path | None, config: dict[str, Any] | None) -> dic
 
 def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None, seed: int = 0,
              data: str | Dataset | None = None, out: str | Path | None = None, report: bool = True,
-             protocol: Protocol = PROTOCOL, sample_options: dict[str, Any] | None = None) -> dict[str, Any]:
+             protocol: Protocol = PROTOCOL, sample_options: dict[str, Any] | None = None,
+             progress: bool = False) -> dict[str, Any]:
     """Evaluate a run directory (or a model) and return the result; see the module docstring for the protocol.
 
     ``sample_options`` go to ``model.sample`` (e.g. ``{"steps": 50}`` for a diffusion sampler) and are recorded.
 
     For a run directory the result is written to ``<run>/eval.json`` and the report to ``<run>/eval/``; for a
-    model, only when ``out`` names a folder. Samples with NaN/Inf values are dropped and counted.
+    model, only when ``out`` names a folder. Samples with NaN/Inf values are dropped and counted. ``progress``
+    shows the stage under way and the time spent (slow samplers and likelihood bounds take minutes).
     """
+    with Stages(progress) as stage:
+        return _evaluate(run_or_model, n=n, seed=seed, data=data, out=out, report=report, protocol=protocol,
+                         sample_options=sample_options, stage=stage)
+
+
+class Stages:
+    """A transient progress line: which stage of the evaluation is under way, how many are done, elapsed time."""
+
+    TOTAL = 5  # load, sample, score, likelihood, write
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("[bold]eval[/] {task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), transient=True, disable=not enabled)
+        self.task = self.progress.add_task("loading", total=self.TOTAL)
+        self.done = -1
+
+    def __enter__(self) -> Stages:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, description: str) -> None:
+        """Mark the previous stage done and show ``description`` as the current one."""
+        self.done += 1
+        self.progress.update(self.task, completed=self.done, description=description)
+
+
+def _evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None, seed: int, data: str | Dataset | None,
+              out: str | Path | None, report: bool, protocol: Protocol, sample_options: dict[str, Any] | None,
+              stage: Stages) -> dict[str, Any]:
     started = time.perf_counter()
+    stage("loading the model and data")
     if n is not None and n < 1:  # checked before loading anything; None (not 0) asks for the default
         raise GenzooError(f"the number of samples n (--n) must be at least 1, got {n}; leave it out for the default")
     model, run, config, dataset = _resolve(run_or_model, data)
@@ -190,6 +227,7 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
     scored = info.kind in (DataKind.IMAGE, DataKind.VECTOR)
     # token data has no sample-based metrics yet: draw a few sequences only, to time sampling
     options = dict(sample_options or {})
+    stage(f"drawing {n if scored else min(n, 8)} samples")
     samples, samples_per_s = draw_samples(model, n if scored else min(n, 8), seed, protocol.sample_batch, labels,
                                           **options)
     samples, nonfinite = split_finite(samples)
@@ -201,6 +239,7 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
 
     rows: dict[str, dict[str, Any]] = {"reference": {}, "model": {}}
     space, offenders = None, None
+    stage("scoring against real data")
     if scored:
         space = feature_space(dataset)
         train_f = space.features(train.x)
@@ -219,6 +258,7 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
         worst = mem.worst(8)  # the model row's: samples nearest to a training example, and those examples
         offenders = (samples[worst], train.x[mem.neighbours[worst]])
     rows["model"]["nonfinite_samples"] = nonfinite
+    stage("likelihood of the test split")
     rows["model"]["likelihood"] = model_likelihood(model, _cap(test, protocol.likelihood_max), seed)
     rows["reference"]["likelihood"] = _true_likelihood(dataset, _cap(test, protocol.likelihood_max))
     rows["model"]["cost"] = cost
@@ -242,6 +282,7 @@ def evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None = None
         "seconds": round(time.perf_counter() - started, 2),
     }
     folder = Path(out) if out is not None else run
+    stage("writing eval.json and the report")
     if folder is not None:
         write_json(folder / "eval.json", result)
         if report:
