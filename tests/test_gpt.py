@@ -180,3 +180,75 @@ def test_cli_finetunes_a_run_with_lora_and_keeps_base_weights(tmp_path: Path) ->
     assert adapters, "no LoRA adapter weights were saved"
     frozen = [k for k in after if "lora_" not in k and "base_layer" not in k and k in before]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+
+
+@pytest.fixture(scope="module")
+def tuned_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny gpt run and a LoRA fine-tune of it (a few steps, so the adapters are not zero)."""
+    folder = tmp_path_factory.mktemp("tuned")
+    corpus, new = folder / "a.txt", folder / "b.txt"
+    corpus.write_text(TINY_CORPUS)
+    new.write_text("the mat sat on the cat. " * 40)
+    settings = {**FAST, "batch_size": 8}
+    base = genzoo.train("gpt", f"text:{corpus}#context=16", steps=3, out=folder / "base",
+                        overrides=VARIANTS["gpt-learned"][1], **settings)
+    lora = genzoo.train("gpt", f"text:{new}", steps=3, out=folder / "lora", init=str(base), lora=True,
+                        overrides={"lora_rank": 4, "lr": 1e-2}, **settings)
+    return {"base": base, "lora": lora, "new": new}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_finetuning_continues_from_a_lora_run_with_its_adapters_merged(tuned_runs: dict[str, Path],
+                                                                       lora: bool) -> None:
+    from genzoo.io import load_tensors
+    from genzoo.runs import checkpoint_dir
+
+    tuned = genzoo.load(tuned_runs["lora"])
+    plan = plan_training("gpt", f"text:{tuned_runs['new']}", {}, init=str(tuned_runs["lora"]), lora=lora)
+    dataset = genzoo.load_dataset(plan.data)
+    fresh = genzoo.build_model(plan.model, dataset.info, plan.hparams)
+    plan.apply(fresh.eval())
+    trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
+    assert all("lora_" in n for n in trainable) == lora and trainable
+    # the adapters learned something, and the merged model computes what the LoRA run computes
+    x = fresh.with_bos(dataset.batch_at(0, 4, 0).x)
+    with torch.no_grad():
+        expected = tuned(x)
+        assert not torch.allclose(expected, genzoo.load(tuned_runs["base"])(x), atol=1e-4)
+        assert torch.allclose(fresh(x), expected, atol=1e-5)
+    # merged by W + (alpha / r) B A with the LoRA run's own alpha and rank
+    saved = load_tensors(checkpoint_dir(tuned_runs["lora"]) / "model.safetensors")
+    hparams = genzoo.read_config(tuned_runs["lora"])["hparams"]
+    layer = "blocks.0.qkv"
+    a, b = saved[f"{layer}.lora_A.default.weight"], saved[f"{layer}.lora_B.default.weight"]
+    assert a.shape[0] == hparams["lora_rank"] == 4 and b.abs().max() > 0
+    merged = saved[f"{layer}.base_layer.weight"] + hparams["lora_alpha"] / hparams["lora_rank"] * b @ a
+    weight = fresh.state_dict()[f"{layer}.base_layer.weight" if lora else f"{layer}.weight"]
+    assert torch.allclose(weight, merged, atol=1e-6)
+
+
+def test_cli_stop_strings_understand_backslash_escapes(tuned_runs: dict[str, Path]) -> None:
+    model = genzoo.load(tuned_runs["base"])
+    full = model.generate("the", max_new_tokens=80)
+    expected = model.generate("the", max_new_tokens=80, stop="\n")
+    assert 0 < len(expected) < len(full) and full.startswith(expected + "\n")
+    printed = _cli("sample", str(tuned_runs["base"]), "--prompt", "the", "--max-new-tokens", "80", "--stop", r"\n")
+    assert printed == "the" + expected + "\n"
+    from genzoo.cli.sample import unescape
+
+    assert unescape(r"a\n\tb\\n\x") == "a\n\tb\\n\\x"  # an escaped backslash stays one; unknown escapes stay
+
+
+def test_bad_generation_options_fail_before_any_output(data: genzoo.Dataset,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from genzoo.cli.text import sample_text
+    from genzoo.errors import ConfigError
+
+    model = _model("gpt-learned", data)
+    for stop in ("", [""]):
+        with pytest.raises(ConfigError, match="empty stop string"):
+            model.generate("the", max_new_tokens=5, stop=stop)
+    for options in ({"stream": True, "num_return_sequences": 2}, {"stop": [""]}):
+        with pytest.raises(ConfigError):
+            sample_text(model, prompt="the cat", seed=0, max_new_tokens=5, **options)
+        assert capsys.readouterr().out == ""

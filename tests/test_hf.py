@@ -138,3 +138,41 @@ def test_hf_name_trains_with_the_model_tokenizer_and_lora(tiny_hf: Path, tmp_pat
             assert torch.equal(value, base_weights[base_key(key)]), f"LoRA must leave base weights alone: {key}"
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in tuned_weights.items())
     assert isinstance(tuned.generate("the", max_new_tokens=5, seed=0), str)
+
+
+def test_prompts_are_read_as_hugging_face_generate_reads_them(tiny_hf: Path) -> None:
+    model = genzoo.load_pretrained(str(tiny_hf))
+    ids = model.tokenizer("the cat").input_ids
+    assert model.prompt_ids("the cat") == ids  # no start token prepended to a non-empty prompt
+    assert model.prompt_ids("") == [model.bos]  # the empty prompt needs one to predict from
+    with torch.no_grad():
+        out = model.lm.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=10,
+                                pad_token_id=model.tokenizer.eos_token_id)
+    expected = model.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    assert model.generate("the cat", max_new_tokens=10, temperature=0) == expected
+
+
+def test_generation_stops_at_every_eos_id_of_the_generation_config(tiny_hf: Path) -> None:
+    from generation_checks import sampled_ids
+
+    model = genzoo.load_pretrained(str(tiny_hf))
+    eos = model.tokenizer.eos_token_id
+    drawn = sampled_ids(model, "the cat", rows=1, max_new_tokens=12)[0].tolist()  # what generate(seed=0) draws
+    stop = next(t for i, t in enumerate(drawn) if i and t != eos and t not in drawn[:i])
+    expected = model.decode(drawn[: min(drawn.index(t) for t in (eos, stop) if t in drawn)])
+    for configured in ([eos, stop], stop):
+        model.lm.generation_config.eos_token_id = configured
+        assert model.generate("the cat", max_new_tokens=12) == expected
+        assert model.eos_ids == {eos, stop}
+
+
+def test_the_kv_cache_goes_by_the_name_the_installed_transformers_uses(tiny_hf: Path) -> None:
+    import inspect
+    import warnings
+
+    model = genzoo.load_pretrained(str(tiny_hf))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        assert model.generate("the cat", max_new_tokens=5, seed=0, use_cache=True) == \
+            model.generate("the cat", max_new_tokens=5, seed=0, use_cache=False)
+    assert model.cache_name in inspect.signature(model.lm.forward).parameters

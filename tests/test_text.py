@@ -88,6 +88,9 @@ def test_folder_and_jsonl_specs(tmp_path: Path) -> None:
     (b"short text", "#context=64", "fewer than one context window"),
     (b"x" * 500, "#context=abc", "must be an integer"),
     (b"x" * 500, "#window=3", "unknown text spec option 'window'"),
+    (b"x" * 500, "#context=1", "context must be at least 2, got 1"),
+    (b"x" * 500, "#vocab_size=100,tokenizer=bpe", "vocab_size must be at least 256 for tokenizer=bpe, got 100"),
+    (b"x" * 500, "#tokenizer=bpe,vocab_size=0", "vocab_size must be at least 256 for tokenizer=bpe, got 0"),
 ])
 def test_bad_text_input_gives_a_clear_error(tmp_path: Path, content: bytes, spec_suffix: str, message: str) -> None:
     path = tmp_path / "bad.txt"
@@ -113,3 +116,34 @@ def test_text_metrics_are_consistent() -> None:
     assert metrics["bits_per_byte"] == pytest.approx(metrics["bits_per_token"], rel=1e-5)
     # an untrained model is close to uniform over the vocabulary
     assert abs(metrics["loss"] - math.log(data.info.levels)) < 0.5
+
+
+def test_byte_tokenizer_reads_any_bytes_and_matches_its_text_encoding(tmp_path: Path) -> None:
+    raw = bytes(range(256)) * 4 + "café 🙂".encode() + b"caf\xe9 \xff\xfe" * 40
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(raw)
+    data = load_dataset(f"text:{path}#tokenizer=byte,context=8")
+    ids = torch.cat([data.streams[s] for s in ("train", "val", "test")])
+    assert data.info.levels == 256 and len(ids) == len(raw)  # one token per byte, nothing lost or replaced
+    assert ids.tolist() == data.codec.encode_bytes(raw)
+    # the same ids the tokenizer gives text through its own UTF-8 path, so prompts and generation agree
+    text = SAMPLE + "".join(map(chr, range(1, 0x800))) + "日本語"
+    assert data.codec.encode_bytes(text.encode()) == data.codec.encode(text)
+    assert data.codec.decode(ids[:256].tolist()) == bytes(range(256)).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_non_utf8_text_names_the_file_the_offset_and_the_byte_fallback(tmp_path: Path, tokenizer: str) -> None:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"caf\xe9 " * 50)
+    with pytest.raises(DataError, match=r"latin1\.txt: not UTF-8 .* offset 3\).*#tokenizer=byte"):
+        load_dataset(f"text:{path}#tokenizer={tokenizer}")
+
+
+def test_jsonl_lines_split_at_newlines_only(tmp_path: Path) -> None:
+    body = "first line\u2028still the same record\u0085 too"
+    lines = [json.dumps({"text": f"{body} {i}"}, ensure_ascii=False) for i in range(60)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    data = load_dataset(f"jsonl:{path}#context=8")
+    assert data.codec.decode(data.streams["train"].tolist()).startswith(f"{body} 0\n\n{body} 1\n\n")

@@ -1,10 +1,11 @@
 """Continue training a language model on new text: ``genzoo train MODEL --data text:new.txt --init RUN_OR_HF [--lora]``.
 
 ``--init RUN`` starts from a trained genzoo run: same model and hyperparameters, its weights, and its tokenizer and
-context for the new text (so token ids mean the same). ``--init hf:NAME`` starts from a Hugging Face model and reads
-the text with that model's tokenizer. ``--lora`` trains rank-8 LoRA adapters only (``--set lora_rank=N`` for
-another rank). The trainer calls :func:`plan_training` before it loads the data and :meth:`TrainingPlan.apply`
-once the model is built.
+context for the new text (so token ids mean the same). A LoRA-tuned run's adapters are first merged into its base
+weights, so it continues like any run: fully, or with ``--lora`` under new adapters. ``--init hf:NAME`` starts from a
+Hugging Face model and reads the text with that model's tokenizer. ``--lora`` trains rank-8 LoRA adapters only
+(``--set lora_rank=N`` for another rank); without it the whole model trains. The trainer calls
+:func:`plan_training` before it loads the data and :meth:`TrainingPlan.apply` once the model is built.
 """
 
 from __future__ import annotations
@@ -44,13 +45,16 @@ class TrainingPlan:
     notes: list[str] = field(default_factory=list)
 
     def apply(self, model: GenerativeModel) -> None:
-        """Copy the init run's weights into the freshly built ``model`` (LoRA layers keep their fresh adapters)."""
+        """Copy the init run's weights (its LoRA adapters merged in) into the freshly built ``model``.
+
+        The model's own LoRA layers, if any, keep their fresh adapters.
+        """
         if self.init_run is None:
             return
-        from genzoo.nn.lora import base_key
+        from genzoo.nn.lora import base_key, merged_weights
         from genzoo.runs import load
 
-        source = load(self.init_run).state_dict()
+        source = merged_weights(load(self.init_run))
         target = model.state_dict()
         missing = [k for k in target if "lora_" not in k and base_key(k) not in source]
         if missing:
@@ -87,7 +91,10 @@ def plan_training(model: str, data: Any, hparams: dict[str, Any], init: str | No
         saved = read_config(init)
         if model != saved["model"]:
             raise ConfigError(f"--init {init} is a '{saved['model']}' run; train '{saved['model']}' to continue it")
-        plan.hparams = hparams = {**saved["hparams"], **hparams}
+        inherited = dict(saved["hparams"])
+        if not lora and "lora_rank" in inherited:  # a LoRA run's adapters are merged: continue with full training
+            inherited["lora_rank"] = 0
+        plan.hparams = hparams = {**inherited, **hparams}
         plan.init_run = Path(init)
         if isinstance(data, str):
             context = saved["data"]["info"]["shape"][0]

@@ -8,7 +8,11 @@ Each step turns logits into a distribution with Hugging Face's controls, in thei
 repetition penalty (CTRL: a seen token's logit is divided by the penalty when positive, multiplied when negative),
 temperature (``logits / T``; ``T == 0`` is greedy), ``top_k`` (keep the k largest), ``top_p`` (keep the smallest
 set whose probability reaches p), ``min_p`` (drop tokens less likely than ``min_p`` times the most likely one).
-Stop strings end a completion just *before* the first occurrence (the stop string is not returned).
+Stop strings end a completion just *before* the first occurrence (the stop string is not returned); so does any of
+the model's end-of-sequence ids (``eos_ids``: a pretrained model may have several).
+
+Generation is deterministic by default: ``seed=None`` means seed 0, like ``model.sample(seed=None)``, so the same call
+gives the same text; pass a different seed for different completions.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor
 
 from genzoo.errors import ConfigError
@@ -35,9 +39,16 @@ class GenerationConfig(BaseModel):
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0)
     stop: tuple[str, ...] = ()
-    seed: int | None = None
+    seed: int | None = None  # None = 0: deterministic by default
     num_return_sequences: int = Field(1, ge=1)
     use_cache: bool = True
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, stop: tuple[str, ...]) -> tuple[str, ...]:
+        if "" in stop:  # it occurs at offset 0 of every text: the completion would always be empty
+            raise ValueError("an empty stop string would cut every completion to nothing")
+        return stop
 
 
 def generation_config(**options: Any) -> GenerationConfig:
@@ -49,6 +60,14 @@ def generation_config(**options: Any) -> GenerationConfig:
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"bad generation option: {problems}") from None
+
+
+def stream_config(**options: Any) -> GenerationConfig:
+    """:func:`generation_config` for streaming, which produces a single sequence."""
+    cfg = generation_config(**options)
+    if cfg.num_return_sequences != 1:
+        raise ConfigError("stream produces one sequence; use generate for num_return_sequences > 1")
+    return cfg
 
 
 class Autoregressive(Protocol):
@@ -67,7 +86,7 @@ class TextModel(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
     @property
-    def eos_id(self) -> int | None: ...
+    def eos_ids(self) -> frozenset[int]: ...
 
 
 def filter_logits(logits: Tensor, seen: Tensor, cfg: GenerationConfig) -> Tensor:
@@ -154,13 +173,13 @@ def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig) -> Iter
     generator = torch.Generator().manual_seed(0 if cfg.seed is None else cfg.seed)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device).expand(cfg.num_return_sequences, -1)
     outs = [_Completion(model, cfg.stop) for _ in range(cfg.num_return_sequences)]
-    eos = model.eos_id
+    eos = model.eos_ids
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for tokens in generate_tokens(model, ids, cfg, generator, model.vocab_out):
-                pieces = [out.push(None if t == eos else t) if not out.done else ""
+                pieces = [out.push(None if t in eos else t) if not out.done else ""
                           for out, t in zip(outs, tokens.tolist(), strict=True)]
                 yield pieces
                 if all(out.done for out in outs):
@@ -174,7 +193,11 @@ class TextGenerationMixin:
     """``generate``/``stream`` for a model implementing :class:`Autoregressive` and :class:`TextModel`."""
 
     def generate(self, prompt: str = "", **options: Any) -> str | list[str]:
-        """Complete ``prompt``; a list when ``num_return_sequences > 1``. Options: see :class:`GenerationConfig`."""
+        """Complete ``prompt``; a list when ``num_return_sequences > 1``. Options: see :class:`GenerationConfig`.
+
+        Deterministic by default: ``seed=None`` is seed 0, so repeated calls return the same text; pass a different
+        ``seed`` for different completions.
+        """
         return self.generate_from_ids(self.prompt_ids(prompt), **options)
 
     def generate_from_ids(self, prompt_ids: list[int], **options: Any) -> str | list[str]:
@@ -185,13 +208,11 @@ class TextGenerationMixin:
         return texts if cfg.num_return_sequences > 1 else texts[0]
 
     def stream(self, prompt: str = "", **options: Any) -> Iterator[str]:
-        """Yield the completion of ``prompt`` piece by piece as it is generated (one sequence)."""
+        """Yield the completion of ``prompt`` piece by piece as it is generated (one sequence; seeds as in generate)."""
         return self.stream_from_ids(self.prompt_ids(prompt), **options)
 
     def stream_from_ids(self, prompt_ids: list[int], **options: Any) -> Iterator[str]:
-        cfg = generation_config(**options)
-        if cfg.num_return_sequences != 1:
-            raise ConfigError("stream produces one sequence; use generate for num_return_sequences > 1")
+        cfg = stream_config(**options)
         for pieces in stream_ids(self, prompt_ids, cfg):
             if pieces[0]:
                 yield pieces[0]

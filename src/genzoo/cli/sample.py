@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -12,6 +13,13 @@ from genzoo.cli.app import app, console
 from genzoo.contract import Capability, parse_override
 from genzoo.errors import GenzooError
 from genzoo.io import save_samples
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    """``\\n``, ``\\t`` and ``\\\\`` typed on a command line -> newline, tab, backslash; other backslashes stay."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 @app.command()
@@ -37,7 +45,8 @@ def sample(
     top_p: float = typer.Option(None, "--top-p", help="Text: nucleus sampling mass."),
     min_p: float = typer.Option(None, "--min-p", help="Text: drop tokens below min_p * p(most likely)."),
     repetition_penalty: float = typer.Option(None, "--repetition-penalty", help="Text: >1 discourages repeats."),
-    stop: list[str] = typer.Option([], "--stop", help="Text: stop string (repeatable)."),
+    stop: list[str] = typer.Option([], "--stop", help="Text: stop string (repeatable); \\n, \\t and \\\\ "
+                                                      "mean newline, tab, backslash: --stop '\\n\\n'."),
     num_return_sequences: int = typer.Option(1, "--num-return-sequences", help="Text: completions to draw."),
     stream: bool = typer.Option(False, "--stream", help="Text: print tokens as they are generated."),
     chat: bool = typer.Option(False, "--chat", help="Text: send --prompt as a user message through the model's "
@@ -52,7 +61,7 @@ def sample(
 
         sample_text(model, prompt=prompt or "", seed=seed, stream=stream, chat=chat, max_new_tokens=max_new_tokens,
                     temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                    repetition_penalty=repetition_penalty, stop=stop or None,
+                    repetition_penalty=repetition_penalty, stop=[unescape(s) for s in stop] or None,
                     num_return_sequences=num_return_sequences)
         return
     options = {k: v for k, v in {"sampler": sampler, "steps": steps, "eta": eta, "guidance": guidance,

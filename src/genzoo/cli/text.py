@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 from genzoo.errors import GenzooError
+from genzoo.generation import generation_config, stream_config
 
 
 def sample_text(model: Any, *, prompt: str, seed: int, stream: bool = False, chat: bool = False,
@@ -16,6 +17,7 @@ def sample_text(model: Any, *, prompt: str, seed: int, stream: bool = False, cha
     chat template and only the answer is printed. With ``stream`` the text appears as it is generated.
     """
     options = {k: v for k, v in options.items() if v is not None}
+    (stream_config if stream else generation_config)(seed=seed, **options)  # bad options fail before any output
     if chat:
         if not hasattr(model, "chat_prompt_ids"):
             raise GenzooError(f"--chat needs a pretrained chat model (hf:NAME); '{model.name}' has no chat template")

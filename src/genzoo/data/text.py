@@ -5,15 +5,17 @@ Spec options follow a ``#``, comma-separated: ``text:input.txt#context=64,tokeni
 
 * ``context`` (default 64): tokens in one example, ``DataInfo.shape == (context,)``.
 * ``tokenizer``: ``char`` (default; one token per character seen anywhere in the corpus), ``bpe`` (byte-level BPE
-  with ``vocab_size`` tokens, default 512, trained on the training split only), ``byte`` (raw UTF-8 bytes, 256
-  tokens), ``hf:NAME`` (a Hugging Face model's tokenizer), or a path to a ``tokenizer.json`` / run directory to
-  reuse an existing vocabulary (fine-tuning).
+  with ``vocab_size`` tokens, default 512, at least the 256 bytes, trained on the training split only), ``byte`` (one
+  token per byte, 256 tokens: ``text:`` files are read as raw bytes, so any file works), ``hf:NAME`` (a Hugging
+  Face model's tokenizer), or a path to a ``tokenizer.json`` / run directory to reuse an existing vocabulary
+  (fine-tuning).
 
 The character stream is cut in order: the first 90% trains, the next 5% validates (best checkpoint), the last 5% is
 the test split; each part is tokenised on its own so no token straddles a cut. Training examples are random windows
 (start offsets drawn from a generator seeded by training seed and step, so resumes see the same batches); held-out
-examples are consecutive non-overlapping windows. Files must be UTF-8: other encodings are rejected with the byte
-offset of the first bad byte (convert with ``iconv``) rather than silently guessed.
+examples are consecutive non-overlapping windows. Files must be UTF-8 (except with ``tokenizer=byte``, which cuts the
+byte stream instead): other encodings are rejected with the byte offset of the first bad byte (convert with
+``iconv``, or use ``tokenizer=byte``) rather than silently guessed.
 
 Tokenizers are Hugging Face ``tokenizers`` objects, saved by the models as ``tokenizer.json`` next to their weights.
 ``DataInfo.extra["tokenizer"]`` records source and SHA-256 of the tokenizer so a model built from this ``DataInfo`` in
@@ -39,6 +41,7 @@ from genzoo.data.specs import DataOptions, register_loader
 from genzoo.errors import DataError
 
 TRAIN_FRACTION, VAL_FRACTION = 0.90, 0.05
+BPE_MIN_VOCAB = 256  # byte-level BPE starts from one token per byte
 _TOKENIZERS: dict[str, Any] = {}  # sha256 of tokenizer JSON -> tokenizers.Tokenizer built in this process
 
 
@@ -69,32 +72,47 @@ def parse_options(fragment: str, default_key: str | None = None) -> TextOptions:
                 values[key] = int(value)
             except ValueError:
                 raise DataError(f"text spec option {key} must be an integer, got '{value}'") from None
-            if values[key] < (2 if key == "context" else 1):
-                raise DataError(f"text spec option {key} must be at least 2, got {value}")
         else:
             values[key] = value
-    return TextOptions(**values)
+    options = TextOptions(**values)
+    if options.context < 2:
+        raise DataError(f"text spec option context must be at least 2, got {options.context}")
+    if options.tokenizer == "bpe" and options.vocab_size < BPE_MIN_VOCAB:
+        raise DataError(f"text spec option vocab_size must be at least {BPE_MIN_VOCAB} for tokenizer=bpe, got "
+                        f"{options.vocab_size} (byte-level BPE starts from one token per byte)")
+    return options
 
 
 # ----- reading ------------------------------------------------------------------------------------------------------
-def _decode(raw: bytes, source: str) -> str:
+def _decode(raw: bytes, source: str, alternative: str = ", or read it as raw bytes with `#tokenizer=byte`") -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{source}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); convert it, "
-                        "e.g. `iconv -f latin1 -t utf-8`") from None
+                        f"e.g. `iconv -f latin1 -t utf-8`{alternative}") from None
 
 
-def read_text(path: Path) -> str:
-    """The text of one file, or of every ``*.txt`` in a folder (sorted by name, joined by a blank line)."""
+def _text_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
         if not files:
             raise DataError(f"{path}: folder has no .txt files")
-        return "\n\n".join(_decode(f.read_bytes(), str(f)) for f in files)
+        return files
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder")
-    return _decode(path.read_bytes(), str(path))
+    return [path]
+
+
+def read_text(path: Path, raw: bool = False) -> str | bytes:
+    """The text of one file, or of every ``*.txt`` in a folder (sorted by name, joined by a blank line).
+
+    UTF-8 text, or with ``raw`` the bytes as they are (for the byte tokenizer: any byte sequence is valid).
+    """
+    files = _text_files(path)
+    blobs = [f.read_bytes() for f in files]
+    if raw:
+        return b"\n\n".join(blobs)
+    return "\n\n".join(_decode(blob, str(f)) for blob, f in zip(blobs, files, strict=True))
 
 
 def read_jsonl(path: Path, field: str) -> str:
@@ -102,7 +120,9 @@ def read_jsonl(path: Path, field: str) -> str:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     docs = []
-    for number, line in enumerate(_decode(path.read_bytes(), str(path)).splitlines(), 1):
+    # "\n" only: str.splitlines() would also split at U+2028 or U+0085, which JSON strings may hold unescaped
+    lines = _decode(path.read_bytes(), str(path), " (JSON is UTF-8)").split("\n")
+    for number, line in enumerate((line.removesuffix("\r") for line in lines), 1):
         if not line.strip():
             continue
         try:
@@ -130,8 +150,8 @@ def bpe_tokenizer(text: str, vocab_size: int) -> Any:
     """Byte-level BPE (GPT-2 style): 256 byte tokens plus ``vocab_size - 256`` learned merges; any text encodes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < 256:
-        raise DataError(f"byte-level BPE needs vocab_size >= 256 (the byte alphabet), got {vocab_size}")
+    if vocab_size < BPE_MIN_VOCAB:
+        raise DataError(f"byte-level BPE needs vocab_size >= {BPE_MIN_VOCAB} (the byte alphabet), got {vocab_size}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -139,6 +159,18 @@ def bpe_tokenizer(text: str, vocab_size: int) -> Any:
                                   show_progress=False, special_tokens=[])
     tok.train_from_iterator([text], trainer=trainer)
     return tok
+
+
+def byte_symbols() -> list[str]:
+    """The character that stands for each byte 0..255 in byte-level tokenizers (GPT-2's table).
+
+    Printable bytes stand for themselves; the others take the alphabet's characters from U+0100 on, in byte order.
+    """
+    from tokenizers import pre_tokenizers
+
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    shifted = iter(sorted(ch for ch in alphabet if ord(ch) > 255))
+    return [chr(b) if chr(b) in alphabet else next(shifted) for b in range(256)]
 
 
 def load_tokenizer(path: str | Path) -> Any:
@@ -191,17 +223,25 @@ class TextCodec:
             raise DataError(f"text has characters the tokenizer never saw: {unseen!r}")
         return ids
 
+    def encode_bytes(self, raw: bytes) -> list[int]:
+        """Ids of any byte sequence, for a byte tokenizer (256 tokens, no merges): the ids its UTF-8 text gets."""
+        vocab = self.tokenizer.get_vocab()
+        if len(vocab) != BPE_MIN_VOCAB:
+            raise DataError(f"raw bytes need the byte tokenizer (tokenizer=byte), not one of {len(vocab)} tokens")
+        table = [vocab[symbol] for symbol in byte_symbols()]
+        return [table[b] for b in raw]
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def make_tokenizer(options: TextOptions, train_text: str, all_text: str) -> Any:
+def make_tokenizer(options: TextOptions, train_text: str | bytes, all_text: str | bytes) -> Any:
     if options.tokenizer == "char":
         return char_tokenizer(all_text)
     if options.tokenizer == "bpe":
         return bpe_tokenizer(train_text, options.vocab_size)
     if options.tokenizer == "byte":
-        return bpe_tokenizer("", 256)
+        return bpe_tokenizer("", BPE_MIN_VOCAB)
     if options.tokenizer.startswith("hf:"):
         from genzoo.models.transformer.hf import hf_tokenizer
 
@@ -244,36 +284,45 @@ class TokenDataset(Dataset):
             yield Batch(windows[start : start + batch_size])
 
 
-def text_dataset(text: str, options: TextOptions, source: str) -> TokenDataset:
-    """Split ``text`` 90/5/5 in order, build or load the tokenizer, tokenise each part."""
+def text_dataset(text: str | bytes, options: TextOptions, source: str) -> TokenDataset:
+    """Split ``text`` 90/5/5 in order, build or load the tokenizer, tokenise each part.
+
+    ``text`` may be raw bytes (any byte sequence) for ``tokenizer=byte``; the cuts then fall between bytes.
+    """
     if not text.strip():
         raise DataError(f"{source}: no text (the corpus is empty)")
+    raw = isinstance(text, bytes)
+    if raw and options.tokenizer != "byte":
+        raise DataError(f"{source}: raw bytes need tokenizer=byte, not {options.tokenizer}")
+    unit = "bytes" if raw else "chars"
     n = len(text)
     cuts = (0, int(n * TRAIN_FRACTION), int(n * (TRAIN_FRACTION + VAL_FRACTION)), n)
     parts = {split: text[cuts[i] : cuts[i + 1]] for i, split in enumerate(SPLITS)}
     tok = make_tokenizer(options, parts["train"], text)
     codec = TextCodec(tok)
-    streams = {split: torch.tensor(codec.encode(part), dtype=torch.long) for split, part in parts.items()}
+    encode = codec.encode_bytes if raw else codec.encode
+    streams = {split: torch.tensor(encode(part), dtype=torch.long) for split, part in parts.items()}
     for split, stream in streams.items():
         if len(stream) < options.context:
-            raise DataError(f"{source}: the {split} split ({len(parts[split])} of {n} characters) has {len(stream)} "
+            raise DataError(f"{source}: the {split} split ({len(parts[split])} of {n} {unit}) has {len(stream)} "
                             f"tokens, fewer than one context window of {options.context}; use more text or a smaller "
                             "context (#context=N)")
     meta = {"source": options.tokenizer, "sha256": remember_tokenizer(tok), "vocab_size": codec.vocab_size}
     extra = {"tokenizer": meta,
              "tokens": {split: len(s) for split, s in streams.items()},
-             "chars": {split: len(p) for split, p in parts.items()}}
+             unit: {split: len(p) for split, p in parts.items()}}
     info = DataInfo(kind=DataKind.TOKENS, shape=(options.context,), levels=codec.vocab_size, extra=extra)
     return TokenDataset(info, streams, codec)
 
 
 @register_loader("text", "text:FILE|DIR[#context=64,tokenizer=char|bpe|byte|PATH,vocab_size=512]  UTF-8 text "
-                         "as token windows")
+                         "(any bytes with tokenizer=byte) as token windows")
 def load_text(arg: str | None, options: DataOptions) -> TokenDataset:
     if not arg:
         raise DataError("text: needs a file or folder, e.g. text:input.txt")
     path, _, fragment = arg.partition("#")
-    return text_dataset(read_text(Path(path)), parse_options(fragment), path)
+    options = parse_options(fragment)
+    return text_dataset(read_text(Path(path), raw=options.tokenizer == "byte"), options, path)
 
 
 @register_loader("jsonl", "jsonl:FILE[#FIELD,context=...,tokenizer=...]  the text field (default 'text') of "

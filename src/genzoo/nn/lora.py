@@ -2,14 +2,15 @@
 
 Only the adapters train; every other weight is frozen. Checkpoints keep the base weight under
 ``<layer>.base_layer.weight``; :func:`base_key` maps such a key back to the plain layer's key, so a model trained
-without LoRA initialises a LoRA model.
+without LoRA initialises a LoRA model, and :func:`merged_weights` folds trained adapters into the base weights, so a
+LoRA-tuned model initialises any model of the same shape (with or without new adapters).
 """
 
 from __future__ import annotations
 
 import warnings
 
-from torch import nn
+from torch import Tensor, nn
 
 from genzoo.errors import GenzooError
 
@@ -31,3 +32,19 @@ def apply_lora(module: nn.Module, rank: int, alpha: float, dropout: float, targe
 def base_key(key: str) -> str:
     """``blocks.0.qkv.base_layer.weight`` -> ``blocks.0.qkv.weight`` (identity for other keys)."""
     return key.replace(".base_layer.", ".")
+
+
+def merged_weights(module: nn.Module) -> dict[str, Tensor]:
+    """``module``'s state dict with every adapter folded in (W + (alpha / r) B A), under the plain layers' keys.
+
+    Merges in place: afterwards ``module`` computes the same function from its merged base weights alone.
+    """
+    state = module.state_dict()
+    if any("lora_" in key for key in state):
+        from peft.tuners.lora import LoraLayer
+
+        for layer in module.modules():
+            if isinstance(layer, LoraLayer):
+                layer.merge()  # peft's scaling alpha / r and weight layout (GPT-2's Conv1D is transposed)
+        state = module.state_dict()
+    return {base_key(key): value for key, value in state.items() if "lora_" not in key}

@@ -149,8 +149,9 @@ class TokenSequenceModel(TextGenerationMixin, GenerativeModel):
         return self._codec().decode(ids)
 
     @property
-    def eos_id(self) -> int | None:
-        return None
+    def eos_ids(self) -> frozenset[int]:
+        """Token ids that end a completion: none, our tokenizers have no end-of-text token."""
+        return frozenset()
 
     def preview_text(self, generator: torch.Generator) -> str:
         """A 300-token completion of the empty prompt at temperature 0.8 (the trainer's sample preview)."""

@@ -2,15 +2,21 @@
 
 ``genzoo.load_pretrained("gpt2")`` (a hub id or a local folder) wraps ``AutoModelForCausalLM`` and its tokenizer:
 ``generate``/``stream`` with the shared sampling controls, ``chat(messages)`` through the model's chat template,
-``log_likelihood``/``score`` for perplexity, and training (full or LoRA through ``peft``) on a genzoo text spec,
+``log_likelihood`` for perplexity, and training (full or LoRA through ``peft``) on a genzoo text spec,
 whose tokenizer then is the model's own (``text:FILE#tokenizer=hf:NAME``). Without ``pretrained`` the model is a
 fresh HF architecture (``gpt2`` or ``llama``) sized by hyperparameters and trained on the data's own tokenizer.
+
+A pretrained model reads a prompt exactly as Hugging Face ``generate`` does: the tokenizer's own special tokens, no
+start token added (only the empty prompt gets one, ``bos_token_id`` or else EOS, since a first token needs a
+context). Generation stops at any end-of-sequence id of the tokenizer or of ``generation_config`` (chat models often
+list several).
 
 ``transformers`` and ``peft`` are the optional extra ``llm``: ``pip install genzoo[llm]``.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -97,6 +103,8 @@ class HFCausalLM(TokenSequenceModel):
             getattr(self.lm.config, "n_positions", None)
         if config.lora_rank:
             apply_lora(self.lm, config.lora_rank, config.lora_alpha, config.lora_dropout, "all-linear")
+        # transformers 5 renamed the KV-cache argument and output `past_key_values` -> `cache` (old name gone in 5.40)
+        self.cache_name = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
 
     def _fresh_config(self, transformers: Any) -> Any:
         c = self.config
@@ -112,22 +120,22 @@ class HFCausalLM(TokenSequenceModel):
 
     def prefill(self, ids: Tensor) -> tuple[Tensor, Any]:
         out = self.lm(input_ids=self.window(ids), use_cache=True)
-        return out.logits[:, -1, : self.vocab_out], (out.past_key_values, ids)
+        return out.logits[:, -1, : self.vocab_out], (out[self.cache_name], ids)
 
     def extend(self, token: Tensor, state: Any) -> tuple[Tensor, Any]:
         past, ids = state
         ids = torch.cat([ids, token[:, None]], dim=1)
         if self.max_positions is not None and ids.shape[1] > self.max_positions:
             return self.prefill(ids)
-        out = self.lm(input_ids=token[:, None], past_key_values=past, use_cache=True)
-        return out.logits[:, -1, : self.vocab_out], (out.past_key_values, ids)
+        out = self.lm(input_ids=token[:, None], use_cache=True, **{self.cache_name: past})
+        return out.logits[:, -1, : self.vocab_out], (out[self.cache_name], ids)
 
     # ----- text ------------------------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> list[int]:
         if self.tokenizer is None:
             return super().prompt_ids(prompt)
-        ids = self.tokenizer.encode(prompt, add_special_tokens=True)
-        return ids if ids and ids[0] == self.bos else [self.bos, *ids]
+        # as Hugging Face generate: the tokenizer adds its own BOS if it has one; GPT-2 style ones add nothing
+        return self.tokenizer.encode(prompt, add_special_tokens=True) or [self.bos]
 
     def decode(self, ids: list[int]) -> str:
         if self.tokenizer is None:
@@ -135,8 +143,13 @@ class HFCausalLM(TokenSequenceModel):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     @property
-    def eos_id(self) -> int | None:
-        return None if self.tokenizer is None else self.tokenizer.eos_token_id
+    def eos_ids(self) -> frozenset[int]:
+        """The tokenizer's EOS and every id in ``generation_config.eos_token_id`` (an int or a list)."""
+        if self.tokenizer is None:
+            return frozenset()
+        configured = getattr(self.lm.generation_config, "eos_token_id", None)
+        ids = configured if isinstance(configured, list) else [configured]
+        return frozenset(i for i in (self.tokenizer.eos_token_id, *ids) if i is not None)
 
     def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """The token ids of a conversation rendered by the model's chat template, ready for the answer."""
