@@ -164,13 +164,15 @@ def test_too_few_samples_is_a_clear_error_naming_the_minimum() -> None:
         frechet_distance(a[:1], a)
 
 
-def test_mismatched_shapes_and_nans_are_clear_errors() -> None:
+@pytest.mark.parametrize(("metric", "second"), [(frechet_distance, "fake"), (prdc, "fake"),
+                                               (mmd2_unbiased, "y")], ids=lambda m: getattr(m, "__name__", m))
+def test_mismatched_shapes_and_nans_are_clear_errors(metric, second: str) -> None:
     with pytest.raises(GenzooError, match=r"shape \(4,\).*shape \(5,\)"):
-        frechet_distance(gaussian(10, 4, 0), gaussian(10, 5, 1))
+        metric(gaussian(10, 4, 0), gaussian(10, 5, 1))
     bad = gaussian(20, 4, 0)
     bad[3, 1] = float("nan")
-    with pytest.raises(GenzooError, match="1 of 20 examples with NaN"):
-        prdc(gaussian(20, 4, 1), bad)
+    with pytest.raises(GenzooError, match=f"{second} has 1 of 20 examples with NaN"):
+        metric(gaussian(20, 4, 1), bad)
 
 
 def test_a_test_point_with_probability_zero_makes_the_nll_infinite() -> None:
@@ -184,13 +186,9 @@ def test_a_test_point_with_probability_zero_makes_the_nll_infinite() -> None:
     assert everywhere["nll_nats"] == pytest.approx(3.0) and everywhere["nonfinite"] == 0
 
 
-def test_mmd_rejects_bad_input_with_clear_errors() -> None:
-    with pytest.raises(GenzooError, match=r"mmd2_unbiased: x examples have shape \(4,\) but y examples have shape"):
-        mmd2_unbiased(gaussian(10, 4, 0), gaussian(10, 5, 1))
+def test_mmd_names_its_minimum_and_a_diverged_gan_validates_to_nan() -> None:
     bad = gaussian(20, 4, 0)
     bad[3, 1] = float("nan")
-    with pytest.raises(GenzooError, match="y has 1 of 20 examples with NaN"):
-        mmd2_unbiased(gaussian(20, 4, 1), bad)
     with pytest.raises(GenzooError, match="at least 2 examples in each set, got x=20, y=1"):
         mmd2_unbiased(gaussian(20, 4, 1), bad[:1])
     # a diverged GAN's validation logs NaN instead of stopping training
