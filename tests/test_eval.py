@@ -29,6 +29,7 @@ from genzoo.eval.features import set_space
 from genzoo.eval.protocol import split_real_set
 from genzoo.eval.report import columns_table
 from genzoo.eval.runner import count_nfe
+from genzoo.io import write_json
 from genzoo.metrics import frechet_distance
 
 QUICK = Protocol(kid_subsets=10, c2st_folds=3)
@@ -337,3 +338,15 @@ def test_infinite_nll_and_its_count_are_shown() -> None:
     assert _row_of(shown, "test points with log p = -inf/NaN") == ["4"]
     finite = columns_table([("model", {"likelihood": {**likelihood, "nll_nats": 80.0, "nonfinite": 0}})], "")
     assert "test points with log p = -inf/NaN" not in list(finite.columns[0].cells)
+
+
+def test_eval_json_is_standard_json_even_with_an_infinite_nll(tmp_path: Path) -> None:
+    likelihood = {"nll_nats": float("inf"), "bits_per_dim": float("inf"), "kind": "lower_bound", "nonfinite": 4,
+                  "method": "elbo"}
+    write_json(tmp_path / "eval.json", {"rows": {"model": {"likelihood": likelihood, "kid": float("nan")}}})
+    text = (tmp_path / "eval.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    saved = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert saved["rows"]["model"]["likelihood"]["nll_nats"] is None and saved["rows"]["model"]["kid"] is None
+    shown = columns_table([("model", saved["rows"]["model"])], "")
+    assert _row_of(shown, "NLL nats/example ↓") == ["≤ inf"]

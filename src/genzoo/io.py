@@ -64,8 +64,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with NaN and infinite floats replaced by None: JSON has no such numbers, and other tools' parsers
+    reject Python's ``NaN``/``Infinity`` extension."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: strict_json(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(value) for value in obj]
+    return obj
+
+
+def dumps_json(obj: Any, indent: int | None = 2) -> str:
+    """Standard JSON text of ``obj`` (see :func:`strict_json`)."""
+    return json.dumps(strict_json(obj), indent=indent, allow_nan=False)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, dumps_json(obj) + "\n")
 
 
 def read_json(path: Path) -> Any:

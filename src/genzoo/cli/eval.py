@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from genzoo.data.specs import read_examples
 from genzoo.errors import GenzooError
 from genzoo.eval import compare_sets, evaluate, table
 from genzoo.eval.report import columns_table, warnings_note
+from genzoo.io import dumps_json
 
 
 @app.command("eval")
@@ -39,7 +39,7 @@ def eval_command(
             raise GenzooError("give either run directories or --real/--fake, not both")
         row = compare_sets(read_examples(real), read_examples(fake, finite=False), features=data, seed=seed)
         if as_json:
-            console.print_json(json.dumps(row))
+            console.print_json(dumps_json(row))
         else:
             console.print(_sets_table(row, real, fake, seed))
         return
@@ -49,7 +49,7 @@ def eval_command(
     results = [evaluate(run, n=n, seed=seed, data=data, report=not no_report, sample_options=options,
                         progress=not as_json) for run in runs]
     if as_json:
-        console.print_json(json.dumps(results if len(results) > 1 else results[0]))
+        console.print_json(dumps_json(results if len(results) > 1 else results[0]))
         return
     console.print(table(results))
     for run in (Path(r["run"]) for r in results if r["run"]):

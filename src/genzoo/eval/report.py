@@ -4,6 +4,7 @@ with PNGs (samples, class histogram, worst memorization offenders next to their 
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,10 @@ def _num(fmt: str, scale: float = 1.0) -> Callable[[Any], str]:
 
 def _nll(row: dict[str, Any], key: str, fmt: str) -> str:
     ll = row.get("likelihood")
-    return "–" if not ll else NLL_MARK[ll["kind"]] + format(ll[key], fmt)
+    if not ll:
+        return "–"
+    value = ll[key] if ll[key] is not None else math.inf  # eval.json stores an infinite NLL as null
+    return NLL_MARK[ll["kind"]] + format(value, fmt)
 
 
 #: (label, how to read the value from one row)
