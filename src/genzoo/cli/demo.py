@@ -11,7 +11,7 @@ import genzoo
 from genzoo.cli.app import app, console
 from genzoo.cli.info import run_summary
 from genzoo.eval import evaluate, table
-from genzoo.eval.report import NLL_MARK
+from genzoo.eval.report import NLL_MARK, checkpoint_label
 from genzoo.io import atomic_write_text, save_image_grid, write_json
 from genzoo.training import parse_budget
 
@@ -56,16 +56,12 @@ def _headline(result: dict) -> dict:
                 "c2st_accuracy": row.get("c2st_accuracy"), "bits_per_dim": likelihood.get("bits_per_dim"),
                 "likelihood_kind": likelihood.get("kind")}
     return {"model": pick(result["rows"]["model"]), "reference": pick(result["rows"]["reference"]),
-            "checkpoint": result.get("checkpoint") or {}, "feature_space": result["protocol"]["feature_space"],
+            "checkpoint": checkpoint_label(result) or "-", "feature_space": result["protocol"]["feature_space"],
             "n": result["protocol"]["n"]}
 
 
 def _fmt(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else "-" if value is None else str(value)
-
-
-def _checkpoint(checkpoint: dict) -> str:
-    return f"{checkpoint['checkpoint']} (step {checkpoint.get('step')})" if checkpoint.get("checkpoint") else "-"
 
 
 def _bits(row: dict) -> str:
@@ -80,7 +76,7 @@ def _markdown(summaries: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     reference = summaries[0]["eval"]["reference"] if summaries else {}
     rows = [("real held-out (reference)", None, None, "-", reference, "-")]
-    rows += [(s["model"], s["parameters"], s["checkpoints"].get("last"), _checkpoint(s["eval"]["checkpoint"]),
+    rows += [(s["model"], s["parameters"], s["checkpoints"].get("last"), s["eval"]["checkpoint"],
               s["eval"]["model"], Path(s["samples_png"]).name) for s in summaries]
     for name, params, steps, scored, ev, png in rows:
         lines.append(f"| {name} | {_fmt(params)} | {_fmt(steps)} | {scored} | {_fmt(ev.get('fd'))} | "

@@ -110,15 +110,17 @@ def _label(result: dict[str, Any]) -> str:
 def _columns(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     check_comparable(results)
     return [("real held-out (reference)", results[0]["rows"]["reference"])] + [
-        (_label(r) + _checkpoint_note(r), r["rows"]["model"]) for r in results]
+        (_label(r) + (f"\n({checkpoint_label(r)})" if checkpoint_label(r) else ""), r["rows"]["model"])
+        for r in results]
 
 
-def _checkpoint_note(result: dict[str, Any]) -> str:
-    """Which weights a column's numbers come from, e.g. "(best @ 500, ema)": best and last checkpoints differ."""
+def checkpoint_label(result: dict[str, Any]) -> str:
+    """Which weights a result's numbers come from, e.g. "best @ 500, ema" ("" for a model without a run):
+    best and last checkpoints differ."""
     ck = result.get("checkpoint") or {}
     if ck.get("checkpoint") is None:
         return ""
-    return f"\n({ck['checkpoint']} @ {ck.get('step')}, {ck.get('weights')})"
+    return f"{ck['checkpoint']} @ {ck.get('step')}, {ck.get('weights')}"
 
 
 def _caption(results: list[dict[str, Any]]) -> str:
