@@ -1,6 +1,6 @@
 """Diffusion benchmark: sample quality and speed against the number of sampling steps, for each sampler.
 
-For a trained ``ddpm`` run (or one trained here for a budget) draws ``--n`` samples with every sampler (ddpm
+For a trained ``ddpm`` run (or one trained here for a budget) draws ``--n`` samples with every sampler (ddpm =
 ancestral, ddim eta=0, dpm = DPM-Solver++ 2M) at 1000, 100, 50, 20 and 10 steps and reports the Fréchet distance
 to the real training split in the evaluation's feature space (``genzoo.eval.features``: a small classifier fitted
 to the labelled data; not Inception, so numbers compare only within one dataset) and samples/s. Writes
@@ -25,9 +25,11 @@ from common import write_result
 from genzoo.contract import parse_override
 from genzoo.eval.features import feature_space
 from genzoo.metrics.frechet import frechet_distance
+from genzoo.models.diffusion.samplers import ALIASES, SAMPLERS, sampler_class
 
 STEPS = (1000, 100, 50, 20, 10)
-SAMPLERS = ("ddpm", "ddim", "dpm")
+#: row labels of the published table (``ddpm`` is the alias of ``ancestral``)
+DEFAULT_SAMPLERS = ("ddpm", "ddim", "dpm")
 
 
 def main() -> None:
@@ -38,10 +40,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500, help="samples per configuration")
     parser.add_argument("--batch", type=int, default=250, help="samples per sampling call")
     parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
-    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
+    parser.add_argument("--samplers", nargs="+", default=list(DEFAULT_SAMPLERS),
+                        help=f"sampler names: {', '.join([*SAMPLERS, *ALIASES])}")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="hyperparameter or trainer setting for training (as genzoo train --set)")
     args = parser.parse_args()
+    for sampler in args.samplers:  # an unknown name fails here, not after training
+        sampler_class(sampler)
 
     run = args.run
     if run is None:
@@ -61,7 +66,7 @@ def main() -> None:
             samples = torch.cat([model.sample(min(args.batch, args.n - i), seed=i, sampler=sampler, steps=steps)
                                  for i in range(0, args.n, args.batch)])
             seconds = time.perf_counter() - start
-            row = {"sampler": sampler, "steps": steps, "nfe": model.nfe_per_sample(sampler, steps),
+            row = {"sampler": sampler, "steps": steps, "nfe": model.cost(sampler=sampler, steps=steps).nfe_per_sample,
                    "fd": frechet_distance(real, space.features(samples)), "samples_per_s": args.n / seconds}
             rows.append(row)
             print(f"{sampler:>5} {steps:>5} steps  FD {row['fd']:8.2f}  {row['samples_per_s']:8.1f} samples/s",

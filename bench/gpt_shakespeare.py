@@ -5,9 +5,11 @@ batch 12, 2000 iterations, dropout 0; first 90% of the characters train, the las
 straightforward implementation written below (learned positions, biases, weight tying, SDPA attention, AdamW lr 1e-3
 with 100 warm-up steps and cosine decay to 1e-4, gradient clipping 1.0, no torch.compile). genzoo's ``gpt`` trains
 with the trainer's pieces (batches by step, warm-up + cosine schedule, ``Optimizers``). The loops alternate in chunks
-of 50 steps so that each sees the same machine load (the machine may be shared). Also: ``gpt`` without bf16, the
-``lstm`` at a similar parameter count, generation tokens/s with and without the KV cache, and achieved FLOP/s as a
-fraction of this machine's measured fp32 matmul peak.
+of 50 steps so that each sees the same machine load (the machine may be shared); genzoo's steps run under the
+trainer's mixed precision (``precision``: gpt's default ``auto`` = bf16 autocast where the CPU has native bf16).
+Also: ``gpt`` in fp32 (``precision="fp32"``), the ``lstm`` at a similar parameter count, generation tokens/s with
+and without the KV cache, and achieved FLOP/s (from ``model.cost()``) as a fraction of this machine's measured fp32
+matmul peak.
 
     python bench/gpt_shakespeare.py [--data ../shared/data/tinyshakespeare.txt] [--iters 2000]
 
@@ -22,6 +24,7 @@ import math
 import os
 import platform
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -30,9 +33,11 @@ from torch import Tensor, nn
 
 import genzoo
 from genzoo.contract import Optimizers
-from genzoo.data.text import TextOptions, text_dataset
+from genzoo.data import DataOptions
+from genzoo.data.text import text_dataset
 from genzoo.metrics.text import generation_speed
-from genzoo.training.trainer import TrainConfig, lr_factor
+from genzoo.registry import model_class
+from genzoo.training.trainer import LRSchedule, TrainConfig, autocast_dtype
 
 LAYERS, HEADS, WIDTH, CONTEXT, BATCH = 4, 4, 128, 64, 12
 
@@ -111,24 +116,32 @@ class Reference:
 
 
 class Ours:
-    """genzoo's model through the trainer's pieces (batches by step, warm-up + cosine schedule, Optimizers)."""
+    """genzoo's model through the trainer's pieces (batches by step, warm-up + cosine schedule, Optimizers, the
+    trainer's autocast for its ``precision`` setting: the model's default unless given)."""
 
-    def __init__(self, name: str, dataset: genzoo.Dataset, iters: int, **hparams: object) -> None:
+    def __init__(self, name: str, dataset: genzoo.Dataset, iters: int, precision: str | None = None,
+                 **hparams: object) -> None:
         torch.manual_seed(0)
         self.model, self.dataset, self.step = genzoo.create(name, dataset, **hparams), dataset, 0
         self.optimizers = self.model.configure_optimizers()
         self.optim = Optimizers(self.optimizers, grad_clip=1.0)
-        self.cfg = TrainConfig(steps=iters, warmup_steps=100, lr_schedule="cosine", batch_size=BATCH)
+        settings = {**model_class(name).train_defaults, "steps": iters, "warmup_steps": 100, "lr_schedule": "cosine",
+                    "batch_size": BATCH}
+        self.cfg = TrainConfig(**settings | ({} if precision is None else {"precision": precision}))
+        self.schedule = LRSchedule(self.cfg.lr_schedule, self.cfg.warmup_steps, self.cfg.steps)
+        self.dtype = autocast_dtype(self.cfg.precision, self.model.device)
         self.base_lr = [[g["lr"] for g in opt.param_groups] for opt in self.optimizers.values()]
 
     def run(self, steps: int) -> None:
         self.model.train()
         for _ in range(steps):
-            factor = lr_factor(self.cfg, self.step)
+            factor = self.schedule.factor(self.step)
             for opt, lrs in zip(self.optimizers.values(), self.base_lr, strict=True):
                 for group, lr in zip(opt.param_groups, lrs, strict=True):
                     group["lr"] = lr * factor
-            self.model.training_step(self.dataset.batch_at(self.step, BATCH, 0), self.step, self.optim)
+            batch = self.dataset.batch_at(self.step, BATCH, 0)
+            with torch.autocast(self.model.device.type, dtype=self.dtype) if self.dtype else nullcontext():
+                self.model.training_step(batch, self.step, self.optim)
             self.step += 1
 
 
@@ -202,8 +215,11 @@ def ours_row(trainer: Ours, seconds: float, iters: int, val: Tensor, peak: float
     row = {"val_loss": val_all, "val_loss_with_context": val_ctx, "train_seconds": seconds,
            "tokens_per_s": tokens / seconds, "params": model.num_parameters(),
            "gen_tokens_per_s_cache": gen_speed(model, True), "gen_tokens_per_s_no_cache": gen_speed(model, False)}
-    if hasattr(model, "flops_per_token"):
-        row["achieved_gflops"] = model.flops_per_token() * tokens / seconds / 1e9
+    row["precision"] = trainer.cfg.precision  # the trainer setting, and what it resolved to on this machine:
+    row["autocast_dtype"] = None if trainer.dtype is None else str(trainer.dtype).removeprefix("torch.")
+    train_flops = model.cost().train_flops_per_example
+    if train_flops is not None:
+        row["achieved_gflops"] = train_flops * iters * BATCH / seconds / 1e9
         row["fraction_of_fp32_peak"] = row["achieved_gflops"] / peak
     return row
 
@@ -218,7 +234,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     text = Path(args.data).read_text(encoding="utf-8")
-    dataset = text_dataset(text, TextOptions(context=CONTEXT), args.data)
+    dataset = text_dataset(text, DataOptions(context=CONTEXT), args.data)
     train, val = dataset.streams["train"], torch.cat([dataset.streams["val"], dataset.streams["test"]])
     vocab = dataset.info.levels
     size = {"layers": LAYERS, "heads": HEADS, "width": WIDTH}
@@ -228,11 +244,12 @@ def main() -> None:
     print(f"fp32 matmul peak {peak:.1f} GFLOP/s", flush=True)
 
     trainers = {"reference": Reference(train, vocab, args.iters), "gpt": Ours("gpt", dataset, args.iters, **size),
-                "gpt_fp32": Ours("gpt", dataset, args.iters, mixed_precision="off", **size)}
+                "gpt_fp32": Ours("gpt", dataset, args.iters, precision="fp32", **size)}
     seconds = interleaved(trainers, args.iters)
     ref = trainers["reference"].model
     ref_tokens_s = args.iters * BATCH * CONTEXT / seconds["reference"]
-    flops = trainers["gpt"].model.flops_per_token() * args.iters * BATCH * CONTEXT  # same matmuls as the reference
+    # the same matmuls as the reference: training FLOPs per example (window) times the windows trained on
+    flops = trainers["gpt"].model.cost().train_flops_per_example * args.iters * BATCH
     result["reference"] = {"val_loss": reference_val_loss(ref, val), "train_seconds": seconds["reference"],
                            "tokens_per_s": ref_tokens_s, "params": sum(p.numel() for p in ref.parameters()),
                            "fraction_of_fp32_peak": flops / seconds["reference"] / 1e9 / peak}

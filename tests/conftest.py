@@ -45,9 +45,10 @@ TINY_CORPUS = "the cat sat on the mat. the dog ran to the log. a bird sang in th
 
 
 def _tiny_text() -> Dataset:
-    from genzoo.data.text import TextOptions, text_dataset
+    from genzoo.data.specs import DataOptions
+    from genzoo.data.text import text_dataset
 
-    return text_dataset(TINY_CORPUS, TextOptions(context=16), "tiny-text")
+    return text_dataset(TINY_CORPUS, DataOptions(context=16), "tiny-text")
 
 
 #: one builder per data kind; a family adding a data kind adds its tiny dataset here

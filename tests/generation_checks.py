@@ -44,7 +44,7 @@ def check_default_seed_is_zero(model: Any, prompt: str, n: int) -> None:
 
 
 def check_temperature_zero_is_greedy(model: Any, prompt: str, n: int) -> None:
-    expected = model.decode(greedy_by_hand(model, prompt, n))
+    expected = model.decode_tokens(greedy_by_hand(model, prompt, n))
     assert model.generate(prompt, max_new_tokens=n, temperature=0) == expected
     assert model.generate(prompt, max_new_tokens=n, temperature=1e-6, seed=3) == expected
     assert model.generate(prompt, max_new_tokens=n, top_k=1, seed=5) == expected

@@ -10,12 +10,14 @@ import torch
 
 import genzoo
 from conftest import FAST, TINY_BUILDERS, tiny_dataset
-from genzoo.contract import Capability, DataKind, Optimizers
+from genzoo.contract import CAPABILITY_METHODS, Capability, DataKind, GenerativeModel, Optimizers
+from genzoo.errors import ConfigError, GenzooError
 from genzoo.io import load_tensors
 from genzoo.registry import build_model, model_class, model_names
 
-CASES = [(name, kind) for name in model_names() for kind in sorted(model_class(name).data_kinds)
-         if kind in TINY_BUILDERS]
+#: every model registered when the tests are collected (test modules may register more of their own later)
+MODELS = model_names()
+CASES = [(name, kind) for name in MODELS for kind in sorted(model_class(name).data_kinds) if kind in TINY_BUILDERS]
 
 
 def _smoke(name: str) -> dict:
@@ -29,8 +31,7 @@ def _train(name: str, kind: DataKind, out: Path, steps: int, resume: bool = Fals
 
 def test_every_model_is_covered() -> None:
     covered = {name for name, _ in CASES}
-    assert covered == set(model_names()), f"models without a tiny dataset for any of their kinds: " \
-                                          f"{set(model_names()) - covered}"
+    assert covered == set(MODELS), f"models without a tiny dataset for any of their kinds: {set(MODELS) - covered}"
 
 
 @pytest.mark.parametrize(("name", "kind"), CASES)
@@ -106,3 +107,91 @@ def test_resume_equals_uninterrupted_training(name: str, kind: DataKind, tmp_pat
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{file}:{key} differs after resume"
+
+
+def _overrides(cls: type, method: str) -> bool:
+    return getattr(cls, method) is not getattr(GenerativeModel, method)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_declared_capabilities_and_their_methods_agree(name: str) -> None:
+    """A capability flag and the method behind it cannot disagree: declared -> overridden, overridden -> declared."""
+    cls = model_class(name)
+    for cap in cls.base_capabilities:
+        assert _overrides(cls, CAPABILITY_METHODS[cap]), f"{name} declares {cap} but does not implement " \
+                                                         f"{CAPABILITY_METHODS[cap]}"
+    declared_methods = {CAPABILITY_METHODS[cap] for cap in cls.base_capabilities}
+    optional = {CAPABILITY_METHODS[c] for c in (Capability.CHAT,)}  # declared per instance (a chat template)
+    for method in set(CAPABILITY_METHODS.values()):
+        if _overrides(cls, method) and method not in optional | {"score"}:
+            assert method in declared_methods, f"{name} implements {method} but declares no capability for it"
+
+
+@pytest.mark.parametrize(("name", "kind"), CASES)
+def test_every_capability_of_an_instance_works(name: str, kind: DataKind) -> None:
+    """Each capability a built model reports is callable and gives what its signature promises."""
+    data = tiny_dataset(kind)
+    model = build_model(name, data.info, _smoke(name), tokenizer=data.tokenizer)
+    caps = model.capabilities
+    x = next(data.batches("val", 3)).x
+    for cap in caps:
+        assert _overrides(type(model), CAPABILITY_METHODS[cap]) or cap is Capability.ANOMALY_SCORE, cap
+    if Capability.ANOMALY_SCORE in caps:
+        scores = model.score(x)
+        assert scores.shape == (3,) and torch.isfinite(scores).all()
+        assert torch.allclose(scores, -model.log_likelihood(x).values)
+    if Capability.ENCODE in caps:
+        z = model.encode(x)
+        assert isinstance(z, torch.Tensor) and len(z) == 3
+        if Capability.DECODE in caps:
+            assert model.decode(z).shape == x.shape
+    if Capability.RECONSTRUCT in caps:
+        assert model.reconstruct(x).shape == x.shape
+    if Capability.INTERPOLATE in caps:
+        assert model.interpolate(x[0], x[1], n=4).shape == (4, *x.shape[1:])
+    if Capability.GENERATE_TEXT in caps:
+        assert isinstance(model.generate("the", max_new_tokens=3), str)
+    if Capability.INPAINT in caps:
+        mask = torch.zeros(x.shape[-2:])
+        mask[:, :2] = 1
+        out = model.inpaint(x[:1], mask, steps=4, resample=1)
+        assert out.shape == x[:1].shape and torch.equal(out[..., 2:], x[:1, ..., 2:])
+    if Capability.IMG2IMG in caps:
+        assert model.img2img(x[:1], 0.5, steps=4).shape == x[:1].shape
+    missing = set(Capability) - caps
+    for cap in missing - {Capability.SAMPLE, Capability.CONDITIONAL_SAMPLE, Capability.CHAT}:
+        if cap in (Capability.EXACT_LIKELIHOOD, Capability.LIKELIHOOD_BOUND) and caps & {
+                Capability.EXACT_LIKELIHOOD, Capability.LIKELIHOOD_BOUND}:
+            continue
+        with pytest.raises(GenzooError):
+            _call(model, cap, x)
+
+
+def _call(model: GenerativeModel, cap: Capability, x: torch.Tensor) -> object:
+    calls = {Capability.EXACT_LIKELIHOOD: lambda: model.log_likelihood(x),
+             Capability.LIKELIHOOD_BOUND: lambda: model.log_likelihood(x),
+             Capability.ANOMALY_SCORE: lambda: model.score(x), Capability.ENCODE: lambda: model.encode(x),
+             Capability.DECODE: lambda: model.decode(x), Capability.RECONSTRUCT: lambda: model.reconstruct(x),
+             Capability.INTERPOLATE: lambda: model.interpolate(x[0], x[1]),
+             Capability.INPAINT: lambda: model.inpaint(x, x), Capability.IMG2IMG: lambda: model.img2img(x),
+             Capability.GENERATE_TEXT: lambda: model.generate("a")}
+    return calls[cap]()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sampling_options_are_typed_documented_and_exported(name: str) -> None:
+    cls = model_class(name)
+    schema = cls.sample_options_schema()
+    assert set(schema.get("properties", {})) == set(cls.SampleOptions.model_fields)
+    for field_name, field in cls.SampleOptions.model_fields.items():
+        assert field.description, f"{name}: sampling option {field_name} has no description (it is --help text)"
+    with pytest.raises(ConfigError, match="no_such_option"):
+        cls.sample_options(no_such_option=1)
+
+
+@pytest.mark.parametrize(("name", "kind"), CASES)
+def test_cost_counts_network_evaluations(name: str, kind: DataKind) -> None:
+    data = tiny_dataset(kind)
+    model = build_model(name, data.info, _smoke(name), tokenizer=data.tokenizer)
+    cost = model.cost()
+    assert cost.nfe_per_sample is not None and cost.nfe_per_sample >= 1

@@ -376,37 +376,37 @@ def test_toy_density_sampler_and_log_prob_agree(name: str) -> None:
     assert np.allclose(ds.info.mean, ds.train.x.mean(0).numpy(), atol=1e-5)
     assert np.allclose(ds.info.std, ds.train.x.std(0, correction=0).numpy(), atol=1e-5)
     gen = torch.Generator().manual_seed(3)
-    a = ds.sampler(5000, gen)
+    a = ds.reference.sample(5000, gen)
     assert a.shape == (5000, 2) and a.dtype == torch.float32
-    assert torch.equal(a, ds.sampler(5000, torch.Generator().manual_seed(3)))
-    assert torch.isfinite(ds.log_prob(a)).all()  # every sample lies in the support
+    assert torch.equal(a, ds.reference.sample(5000, torch.Generator().manual_seed(3)))
+    assert torch.isfinite(ds.reference.log_prob(a)).all()  # every sample lies in the support
     # the density integrates to one, and the sampler's histogram matches it (total variation on a coarse grid)
     # midpoints of a 180 x 180 grid (edges on the checkerboard's lines; fine enough for std 0.1: the midpoint
     # rule's error on a Gaussian is ~exp(-2 pi^2 std^2 / step^2)), summed into 9 x 9 unit cells
     step, lim, coarse, fine = 0.05, 4.5, 9, 20
-    density = ds.log_prob(_grid(lim, step)).exp()
+    density = ds.reference.log_prob(_grid(lim, step)).exp()
     assert density.sum().item() * step**2 == pytest.approx(1.0, abs=2e-3)
     cell_mass = density.reshape(coarse, fine, coarse, fine).sum((1, 3)) * step**2
-    b = ds.sampler(20000, gen).double()
+    b = ds.reference.sample(20000, gen).double()
     hist = torch.histogramdd(b, bins=[coarse, coarse], range=[-lim, lim, -lim, lim]).hist / len(b)
     assert 0.5 * (hist - cell_mass).abs().sum().item() < 0.03
 
 
 def test_eight_gaussians_matches_scipy_mixture() -> None:
     ds = load_dataset("toy:8gaussians")
-    x = torch.cat([ds.sampler(200, torch.Generator().manual_seed(0)), torch.tensor([[0.0, 0.0], [3.0, -1.0]])])
+    x = torch.cat([ds.reference.sample(200, torch.Generator().manual_seed(0)), torch.tensor([[0.0, 0.0], [3.0, -1.0]])])
     angles = np.arange(8) * np.pi / 4
     pdf = sum(multivariate_normal(2 * np.array([np.cos(a), np.sin(a)]), 0.2**2 * np.eye(2)).pdf(x.numpy())
               for a in angles) / 8
-    assert np.allclose(ds.log_prob(x.double()).numpy(), np.log(pdf), rtol=1e-9, atol=1e-9)
+    assert np.allclose(ds.reference.log_prob(x.double()).numpy(), np.log(pdf), rtol=1e-9, atol=1e-9)
 
 
 def test_checkerboard_support() -> None:
     ds = load_dataset("toy:checkerboard")
     inside = torch.tensor([[-1.5, -1.5], [0.5, 0.5], [1.5, -0.5]])
     outside = torch.tensor([[-0.5, -1.5], [0.5, -0.5], [2.5, 0.5], [0.0, -2.5]])
-    assert torch.allclose(ds.log_prob(inside), torch.full((3,), -math.log(8)))
-    assert torch.isneginf(ds.log_prob(outside)).all()
+    assert torch.allclose(ds.reference.log_prob(inside), torch.full((3,), -math.log(8)))
+    assert torch.isneginf(ds.reference.log_prob(outside)).all()
 
 
 def test_spec_naming_nothing(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
@@ -19,7 +20,7 @@ import genzoo
 from conftest import FAST, tiny_dataset
 from genzoo.cli import main
 from genzoo.cli.app import app
-from genzoo.contract import DataInfo, DataKind, GenerativeModel, ModelConfig
+from genzoo.contract import Cost, DataInfo, DataKind, GenerativeModel, ModelConfig, SampleOptions
 from genzoo.data import Dataset, load_dataset, read_examples
 from genzoo.errors import GenzooError
 from genzoo.eval import Protocol, check_comparable, compare_sets, evaluate, feature_space, table
@@ -28,7 +29,6 @@ from genzoo.eval import protocol as protocol_module
 from genzoo.eval.features import set_space
 from genzoo.eval.protocol import split_real_set
 from genzoo.eval.report import columns_table
-from genzoo.eval.runner import count_nfe
 from genzoo.io import write_json
 from genzoo.metrics import frechet_distance
 
@@ -73,7 +73,7 @@ class Replay(GenerativeModel):
         self.net = nn.Identity()
         self.anchor = nn.Parameter(torch.zeros(3))
 
-    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None) -> Tensor:
+    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, options: SampleOptions) -> Tensor:
         return self.net(self.pool[torch.randint(len(self.pool), (n,), generator=generator)])
 
 
@@ -158,7 +158,7 @@ def test_nan_samples_are_reported_not_fatal(digits: Dataset) -> None:
 
 def test_toy_data_has_true_likelihood_reference_and_modes() -> None:
     data = load_dataset("toy:8gaussians")
-    pool = data.sampler(3000, torch.Generator().manual_seed(1))
+    pool = data.reference.sample(3000, torch.Generator().manual_seed(1))
     result = evaluate(Replay(data.info, pool), data=data, n=400, protocol=QUICK, report=False)
     ref, model = result["rows"]["reference"], result["rows"]["model"]
     assert ref["likelihood"]["kind"] == "exact" and ref["likelihood"]["method"] == "true density"
@@ -227,20 +227,34 @@ def test_cli_bad_input_exits_2_with_one_line_naming_the_problem(tmp_path: Path, 
                                                            monkeypatch, capsys)
 
 
+class SteppedOptions(SampleOptions):
+    steps: int = Field(3, ge=1)
+
+
 def test_network_evaluations_per_sample(digits: Dataset) -> None:
     class Stepped(Replay):
-        sample_options = ("steps",)
+        SampleOptions = SteppedOptions
 
-        def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, steps: int = 3) -> Tensor:
+        def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, options: SteppedOptions
+                    ) -> Tensor:
             x = self.pool[:n]
-            for _ in range(steps):
+            for _ in range(options.steps):
                 x = self.net(x)
             return x
 
     model = Stepped(digits.info, digits.train.x[:4])
-    assert count_nfe(model, None) == 3 and count_nfe(model, None, steps=7) == 7  # counted with forward hooks
-    model.nfe_per_sample = lambda steps=3: 2 * steps  # declared by the model, given the sampling options
-    assert count_nfe(model, None, steps=5) == 10
+    # counted with forward hooks, given the sampling options
+    assert model.cost().nfe_per_sample == 3 and model.cost(steps=7).nfe_per_sample == 7
+    with pytest.raises(GenzooError, match="steps"):
+        model.cost(steps=0)
+
+    class Declared(Stepped):
+        def cost(self, **options: object) -> Cost:
+            return Cost(nfe_per_sample=2 * self.sample_options(**options).steps)
+
+    result = evaluate(Declared(digits.info, digits.train.x[:400]), data=digits, n=50, protocol=QUICK, report=False,
+                      sample_options={"steps": 5})
+    assert result["rows"]["model"]["cost"]["nfe_per_sample"] == 10
 
 
 def test_compare_sets_does_not_depend_on_the_order_of_the_real_set() -> None:

@@ -13,8 +13,10 @@ import genzoo
 from conftest import FAST, TINY_CORPUS
 from generation_checks import check_all
 from genzoo.contract import DataInfo, DataKind, Optimizers
-from genzoo.data.text import TextOptions, text_dataset
-from genzoo.finetune import plan_training, with_text_options
+from genzoo.data import DataOptions
+from genzoo.data.text import text_dataset
+from genzoo.errors import ConfigError
+from genzoo.finetune import plan_training
 
 VARIANTS = {
     "gpt-learned": ("gpt", {"layers": 2, "heads": 2, "width": 16}),
@@ -26,7 +28,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def data() -> genzoo.Dataset:
-    return text_dataset(TINY_CORPUS, TextOptions(context=16), "tiny")
+    return text_dataset(TINY_CORPUS, DataOptions(context=16), "tiny")
 
 
 def _model(variant: str, data: genzoo.Dataset) -> genzoo.GenerativeModel:
@@ -59,13 +61,60 @@ def test_logits_at_t_ignore_tokens_after_t(variant: str, data: genzoo.Dataset) -
     # and by gradient: d logits_t / d embedding of later inputs is zero
     if variant.startswith("gpt"):
         model.train()
-        model.config.mixed_precision = "off"
         h = model.embed(model.with_bos(x)).detach().requires_grad_(True)
         out = h
         for block in model.blocks:
             out, _ = block(out, model.rotary, 0, None)
         out[:, t].sum().backward()
         assert h.grad[:, t + 1 :].abs().max() == 0 and h.grad[:, : t + 1].abs().max() > 0
+
+
+def test_training_under_the_trainers_bf16_precision_stays_close_to_fp32(data: genzoo.Dataset) -> None:
+    """Mixed precision is the trainer's setting (an outer autocast); gpt asks for it by default."""
+    from genzoo.models.autoregressive.sequence import TokenSequenceModel
+    from genzoo.models.transformer.gpt import GPT
+
+    assert GPT.train_defaults == {**TokenSequenceModel.train_defaults, "precision": "auto"}
+    assert "mixed_precision" not in GPT.Config.model_fields
+    model = _model("gpt-learned", data).train()
+    x = data.batch_at(0, 8, seed=0).x
+    with torch.no_grad():
+        fp32 = model.token_nll(x).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model.token_nll(x).mean()
+    assert torch.isfinite(bf16) and float(bf16) == pytest.approx(float(fp32), rel=2e-2)
+    optim = Optimizers(model.configure_optimizers(), grad_clip=1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = [model.training_step(data.batch_at(step, 8, seed=0), step, optim)["loss"] for step in range(3)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_cost_counts_one_network_call_per_token(data: genzoo.Dataset) -> None:
+    gpt, lstm = _model("gpt-learned", data), _model("lstm", data)
+    for model in (gpt, lstm):
+        cached, uncached = model.cost(), model.cost(use_cache=False, temperature=0.5)
+        assert cached.nfe_per_sample == uncached.nfe_per_sample == model.seq_len == 16
+        assert 0 < cached.flops_per_sample < uncached.flops_per_sample
+    # gpt: the usual 6 N + 12 L T d training FLOPs per token, N = the matmul weights (the tied output layer once)
+    n = sum(p.numel() for name, p in gpt.named_parameters() if p.dim() == 2 and name.startswith("blocks."))
+    n += gpt.vocab_out * 16
+    assert gpt.cost().train_flops_per_example == pytest.approx(16 * (6 * n + 12 * 2 * 16 * 16))
+    measured = genzoo.GenerativeModel.cost(gpt)  # the base class counts forward calls while sampling
+    assert measured.nfe_per_sample == gpt.cost().nfe_per_sample
+    with pytest.raises(ConfigError, match="temperature"):
+        gpt.cost(temperature=-1)
+
+
+def test_sampling_options_are_typed_and_described(data: genzoo.Dataset) -> None:
+    model = _model("lstm", data)
+    schema = model.sample_options_schema()["properties"]
+    assert set(schema) == {"temperature", "top_k", "top_p", "min_p", "repetition_penalty", "use_cache"}
+    assert all(field.get("description") for field in schema.values())
+    assert torch.equal(model.sample(3, seed=1, temperature=0), model.sample(3, seed=2, temperature=0))
+    for bad in ({"temperature": -1.0}, {"top_p": 0.0}, {"max_new_tokens": 5}):
+        with pytest.raises(ConfigError, match="bad sampling option"):
+            model.sample(2, **bad)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -127,10 +176,14 @@ def test_run_directory_keeps_the_tokenizer_and_finetunes(data: genzoo.Dataset, t
     new = tmp_path / "b.txt"
     new.write_text("the mat sat on the cat. " * 40)
     plan = plan_training("gpt", f"text:{new}", {}, init=str(run), lora=True)
-    assert plan.data == with_text_options(f"text:{new}", tokenizer=str(run), context=16)
-    dataset = genzoo.load_dataset(plan.data)
+    assert plan.data == f"text:{new}"  # the spec is not rewritten: the run's tokenizer and context are options
+    assert plan.data_options == DataOptions(tokenizer=str(run), context=16)
+    dataset = genzoo.load_dataset(plan.data, options=plan.data_options)
     assert dataset.info.levels == model.data.levels  # 'b' never occurs in b.txt, the vocabulary is the run's
-    fresh = genzoo.build_model(plan.model, dataset.info, plan.hparams)
+    assert dataset.tokenizer.sha256 == model.tokenizer.sha256 and dataset.info.spec == f"text:{new}"
+    # the user's own options still win over the run's
+    assert genzoo.load_dataset(f"{plan.data}#context=8", options=plan.data_options).info.shape == (8,)
+    fresh = genzoo.build_model(plan.model, dataset.info, plan.hparams, tokenizer=dataset.tokenizer)
     plan.apply(fresh.eval())
     trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
@@ -201,12 +254,12 @@ def tuned_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_finetuning_continues_from_a_lora_run_with_its_adapters_merged(tuned_runs: dict[str, Path],
                                                                        lora: bool) -> None:
     from genzoo.io import load_tensors
-    from genzoo.runs import checkpoint_dir
+    from genzoo.runs import RunDir
 
     tuned = genzoo.load(tuned_runs["lora"])
     plan = plan_training("gpt", f"text:{tuned_runs['new']}", {}, init=str(tuned_runs["lora"]), lora=lora)
-    dataset = genzoo.load_dataset(plan.data)
-    fresh = genzoo.build_model(plan.model, dataset.info, plan.hparams)
+    dataset = genzoo.load_dataset(plan.data, options=plan.data_options)
+    fresh = genzoo.build_model(plan.model, dataset.info, plan.hparams, tokenizer=dataset.tokenizer)
     plan.apply(fresh.eval())
     trainable = {n for n, p in fresh.named_parameters() if p.requires_grad}
     assert all("lora_" in n for n in trainable) == lora and trainable
@@ -217,7 +270,7 @@ def test_finetuning_continues_from_a_lora_run_with_its_adapters_merged(tuned_run
         assert not torch.allclose(expected, genzoo.load(tuned_runs["base"])(x), atol=1e-4)
         assert torch.allclose(fresh(x), expected, atol=1e-5)
     # merged by W + (alpha / r) B A with the LoRA run's own alpha and rank
-    saved = load_tensors(checkpoint_dir(tuned_runs["lora"]) / "model.safetensors")
+    saved = load_tensors(RunDir(tuned_runs["lora"]).checkpoint() / "model.safetensors")
     hparams = genzoo.read_config(tuned_runs["lora"])["hparams"]
     layer = "blocks.0.qkv"
     a, b = saved[f"{layer}.lora_A.default.weight"], saved[f"{layer}.lora_B.default.weight"]

@@ -61,9 +61,37 @@ def test_chat_goes_through_the_template(tiny_hf: Path) -> None:
     model = genzoo.load_pretrained(str(tiny_hf))
     messages = [{"role": "user", "content": "the cat"}]
     prompt = "user: the cat\nassistant:"
-    expected = model.generate_from_ids(model.tokenizer.encode(prompt, add_special_tokens=False), max_new_tokens=8,
+    expected = model.generate_from_ids(model.hf_tokenizer.encode(prompt, add_special_tokens=False), max_new_tokens=8,
                                        seed=1)
+    assert genzoo.Capability.CHAT in model.capabilities
     assert model.chat(messages, max_new_tokens=8, seed=1) == expected
+
+
+def test_chat_is_a_capability_only_with_a_chat_template(tiny_hf: Path) -> None:
+    from genzoo.cli.text import sample_text
+
+    model = genzoo.load_pretrained(str(tiny_hf))
+    model.hf_tokenizer.chat_template = None
+    assert genzoo.Capability.CHAT not in model.capabilities
+    assert genzoo.Capability.GENERATE_TEXT in model.capabilities
+    with pytest.raises(genzoo.GenzooError, match="no chat template"):
+        model.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
+    with pytest.raises(genzoo.GenzooError, match="--chat needs"):
+        sample_text(model, prompt="hi", seed=0, chat=True, max_new_tokens=2)
+
+
+def test_the_genzoo_tokenizer_of_a_pretrained_model_is_its_own(tiny_hf: Path, tmp_path: Path) -> None:
+    model = genzoo.load_pretrained(str(tiny_hf))
+    assert model.tokenizer.source == f"hf:{tiny_hf}" and model.tokenizer.sha256 == \
+        model.data.extra["tokenizer"]["sha256"]
+    assert model.tokenizer.encode("the cat") == model.hf_tokenizer.encode("the cat", add_special_tokens=False)
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(TINY_CORPUS)
+    own = genzoo.load_dataset(f"text:{corpus}#tokenizer=hf:{tiny_hf},context=16")
+    model.use_tokenizer(own.tokenizer)  # the same vocabulary: accepted
+    chars = genzoo.load_dataset(f"text:{corpus}#context=16")
+    with pytest.raises(genzoo.ConfigError, match="own tokenizer"):
+        genzoo.build_model(f"hf:{tiny_hf}", chars.info, tokenizer=chars.tokenizer)
 
 
 def test_cli_samples_and_chats_with_a_pretrained_model(tiny_hf: Path) -> None:
@@ -115,7 +143,7 @@ def test_eval_scores_a_pretrained_model_on_user_text(tiny_hf: Path, tmp_path: Pa
 
 def test_log_likelihood_matches_the_hf_loss(tiny_hf: Path) -> None:
     model = genzoo.load_pretrained(str(tiny_hf))
-    ids = torch.tensor([model.tokenizer.encode("the dog ran to the log")])
+    ids = torch.tensor([model.hf_tokenizer.encode("the dog ran to the log")])
     with torch.no_grad():
         ll = model.log_likelihood(ids).values
         full = torch.cat([torch.tensor([[model.bos]]), ids], dim=1)
@@ -127,7 +155,7 @@ def test_hf_name_trains_with_the_model_tokenizer_and_lora(tiny_hf: Path, tmp_pat
     corpus = tmp_path / "new.txt"
     corpus.write_text(TINY_CORPUS)
     plan = plan_training(f"hf:{tiny_hf}", f"text:{corpus}#context=16", {}, lora=True)
-    assert plan.data.endswith(f"tokenizer=hf:{tiny_hf}")
+    assert plan.data == f"text:{corpus}#context=16" and plan.data_options.tokenizer == f"hf:{tiny_hf}"
     run = genzoo.train(plan.model, plan.data, steps=4, out=tmp_path / "run", overrides={**plan.hparams, "lr": 1e-2},
                        **FAST)
     tuned = genzoo.load(run, checkpoint="last")
@@ -142,13 +170,13 @@ def test_hf_name_trains_with_the_model_tokenizer_and_lora(tiny_hf: Path, tmp_pat
 
 def test_prompts_are_read_as_hugging_face_generate_reads_them(tiny_hf: Path) -> None:
     model = genzoo.load_pretrained(str(tiny_hf))
-    ids = model.tokenizer("the cat").input_ids
+    ids = model.hf_tokenizer("the cat").input_ids
     assert model.prompt_ids("the cat") == ids  # no start token prepended to a non-empty prompt
     assert model.prompt_ids("") == [model.bos]  # the empty prompt needs one to predict from
     with torch.no_grad():
         out = model.lm.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=10,
-                                pad_token_id=model.tokenizer.eos_token_id)
-    expected = model.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+                                pad_token_id=model.hf_tokenizer.eos_token_id)
+    expected = model.hf_tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
     assert model.generate("the cat", max_new_tokens=10, temperature=0) == expected
 
 
@@ -156,10 +184,10 @@ def test_generation_stops_at_every_eos_id_of_the_generation_config(tiny_hf: Path
     from generation_checks import sampled_ids
 
     model = genzoo.load_pretrained(str(tiny_hf))
-    eos = model.tokenizer.eos_token_id
+    eos = model.hf_tokenizer.eos_token_id
     drawn = sampled_ids(model, "the cat", rows=1, max_new_tokens=12)[0].tolist()  # what generate(seed=0) draws
     stop = next(t for i, t in enumerate(drawn) if i and t != eos and t not in drawn[:i])
-    expected = model.decode(drawn[: min(drawn.index(t) for t in (eos, stop) if t in drawn)])
+    expected = model.decode_tokens(drawn[: min(drawn.index(t) for t in (eos, stop) if t in drawn)])
     for configured in ([eos, stop], stop):
         model.lm.generation_config.eos_token_id = configured
         assert model.generate("the cat", max_new_tokens=12) == expected

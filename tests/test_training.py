@@ -17,7 +17,7 @@ from genzoo.contract import DataKind
 from genzoo.errors import ConfigError, NonFiniteError, RunDirError
 from genzoo.io import load_tensors
 from genzoo.models.vae.vae import VAE
-from genzoo.training import checkpoint as checkpoint_module
+from genzoo.runs import checkpoint as checkpoint_module
 from genzoo.training import parse_budget
 
 SMALL_VAE = {"latent_dim": 4, "width": 8}
@@ -209,7 +209,7 @@ def test_cli_train_sample_info_roundtrip(tmp_path: Path) -> None:
 def test_logged_losses_average_over_the_steps_that_reported_them(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """WGAN-GP reports g_loss only every n_critic steps: its logged mean must not be diluted by the other steps."""
-    from genzoo.training.logging import read_metrics
+    from genzoo.runs import RunDir
     from genzoo.training.trainer import Trainer
 
     reported: list[dict[str, float]] = []
@@ -222,7 +222,7 @@ def test_logged_losses_average_over_the_steps_that_reported_them(tmp_path: Path,
     monkeypatch.setattr(Trainer, "_train_step", recording)
     run = genzoo.train("wgan-gp", tiny_dataset(DataKind.VECTOR), steps=10, out=tmp_path / "w",
                        overrides={"n_critic": 5}, **{**FAST, "log_every": 10})
-    logged = [m for m in read_metrics(run) if m["split"] == "train"][-1]
+    logged = [m for m in RunDir(run).metrics() if m["split"] == "train"][-1]
     g_values = [r["g_loss"] for r in reported if "g_loss" in r]
     assert len(g_values) == 2
     assert logged["g_loss"] == pytest.approx(sum(g_values) / 2, rel=1e-6)

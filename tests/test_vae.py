@@ -56,9 +56,10 @@ def test_reconstruct_interpolate_encode_shapes() -> None:
     model = genzoo.create("vae", "digits", latent_dim=3, width=8)
     x = torch.rand(2, 1, 8, 8)
     assert model.reconstruct(x).shape == x.shape
-    mu, logvar = model.encode(x)
+    mu, logvar = model.posterior(x)
     assert mu.shape == logvar.shape == (2, 3)
-    path = model.interpolate(x[0], x[1], steps=5)
+    assert torch.equal(model.encode(x), mu)  # ENCODE: the posterior mean, one tensor
+    path = model.interpolate(x[0], x[1], n=5)
     assert path.shape == (5, 1, 8, 8) and path.min() >= 0 and path.max() <= 1
     # the ends of the path are the reconstructions
     assert torch.allclose(path[0], model.reconstruct(x[:1])[0], atol=1e-5)

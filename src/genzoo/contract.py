@@ -2,42 +2,47 @@
 
 A model is a ``torch.nn.Module`` subclass of :class:`GenerativeModel` that declares
 
-* which data kinds it accepts (:class:`DataKind`) and is built for one :class:`DataInfo` (shape, levels, labels);
-* its capabilities (:class:`Capability`), discoverable at run time through ``model.capabilities``;
-* its hyperparameters as a typed pydantic :class:`ModelConfig` with defaults;
-* its optimizers (``configure_optimizers``) and one ``training_step`` that steps them through an
-  :class:`Optimizers` handle -- one optimizer (VAE), two with alternating updates (GANs) or anything else, with no
-  special case in the trainer;
+* which data kinds it accepts (:class:`DataKind`), how many datasets it trains on (``domains``: 2 for unpaired
+  translation), and is built for one :class:`DataInfo` (shape, levels, labels);
+* its capabilities (:class:`Capability`), each backed by a method of this base class that the model overrides
+  (:data:`CAPABILITY_METHODS`; a contract test checks that flags and methods agree for every registered model);
+* its hyperparameters as a typed pydantic :class:`ModelConfig`, and its sampling options as another
+  (:class:`SampleOptions`: types, defaults, ranges and help text, which the CLI and the server read);
+* its optimizers (``configure_optimizers``), optional training ``stages`` and one ``training_step`` that steps them
+  through an :class:`Optimizers` handle -- one optimizer (VAE), two with alternating updates (GANs) or anything
+  else, with no special case in the trainer; ``setup(first_batch)`` runs once before the first step (data-dependent
+  initialisation) and ``ema_targets()`` says which parts the trainer averages;
 * sampling with an explicit seed or ``torch.Generator`` (``sample``), in *data units*: images in [0, 1],
-  vectors in the data's own scale, tokens as ids;
-* optionally an exact log-likelihood or a bound on it (``log_likelihood``), encode/decode and friends.
+  vectors in the data's own scale, tokens as ids; its cost per sample (``cost``);
+* where it has them, an exact log-likelihood or a bound on it (``log_likelihood``), encode/decode and friends.
 
 Everything a model receives and returns is in data units; the conversion to the space a network works in
-(``preprocess``/``postprocess``) lives here so that likelihoods of every family are reported in one convention.
+(``preprocess``/``postprocess``) is the data kind's (:mod:`genzoo.kinds`) so that likelihoods of every family are
+reported in one convention.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from genzoo.errors import ConfigError, GenzooError, NonFiniteError
+from genzoo.kinds import DataInfo, DataKind
 
-
-class DataKind(StrEnum):
-    """What one example is. IMAGE: float (C, H, W) in [0, 1]; VECTOR: float (D,); TOKENS: long (T,) ids."""
-
-    IMAGE = "image"
-    VECTOR = "vector"
-    TOKENS = "tokens"
+__all__ = [
+    "CAPABILITY_METHODS", "Batch", "Capability", "Cost", "DataInfo", "DataKind", "GenerativeModel", "LogLikelihood",
+    "ModelConfig", "Optimizers", "SampleOptions", "Stage", "eval_mode", "parse_override", "validation_message",
+]
 
 
 class Capability(StrEnum):
@@ -54,61 +59,55 @@ class Capability(StrEnum):
     INPAINT = "inpaint"  # fill masked pixels
     IMG2IMG = "img2img"  # translate / edit an image
     GENERATE_TEXT = "generate_text"  # prompt -> continuation
+    CHAT = "chat"  # messages -> answer through a chat template
+    ANOMALY_SCORE = "anomaly_score"  # x -> how unusual each example is
 
 
-@dataclass(frozen=True)
-class DataInfo:
-    """Everything a model needs to know about its data; JSON-serialisable so a run loads without the data.
-
-    ``levels`` is the number of discrete values one pixel channel can take (2 binary, 17 for sklearn digits, 256
-    for 8-bit images), ``None`` for continuous data, and the vocabulary size for tokens. Likelihoods of discrete
-    data are reported as probabilities over exactly these levels. ``mean``/``std`` (vector data) are per-feature
-    statistics of the training split, used to standardise inputs.
-    """
-
-    kind: DataKind
-    shape: tuple[int, ...]
-    levels: int | None = None
-    num_classes: int | None = None
-    class_names: tuple[str, ...] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    spec: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def dims(self) -> int:
-        """Number of scalar dimensions of one example (the D of bits/dim)."""
-        return math.prod(self.shape)
-
-    @property
-    def conditional(self) -> bool:
-        return bool(self.num_classes)
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["kind"] = self.kind.value
-        return out
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> DataInfo:
-        fields = dict(raw)
-        fields["kind"] = DataKind(fields["kind"])
-        for key in ("shape", "class_names", "mean", "std"):
-            if fields.get(key) is not None:
-                fields[key] = tuple(fields[key])
-        return cls(**fields)
+#: the method of :class:`GenerativeModel` behind each capability: a model declaring the capability overrides it
+CAPABILITY_METHODS: dict[Capability, str] = {
+    Capability.SAMPLE: "_sample",
+    Capability.CONDITIONAL_SAMPLE: "_sample",
+    Capability.EXACT_LIKELIHOOD: "log_likelihood",
+    Capability.LIKELIHOOD_BOUND: "log_likelihood",
+    Capability.ENCODE: "encode",
+    Capability.DECODE: "decode",
+    Capability.RECONSTRUCT: "reconstruct",
+    Capability.INTERPOLATE: "interpolate",
+    Capability.INPAINT: "inpaint",
+    Capability.IMG2IMG: "img2img",
+    Capability.GENERATE_TEXT: "generate",
+    Capability.CHAT: "chat",
+    Capability.ANOMALY_SCORE: "score",
+}
+_LIKELIHOODS = frozenset({Capability.EXACT_LIKELIHOOD, Capability.LIKELIHOOD_BOUND})
 
 
 @dataclass
 class Batch:
-    """One minibatch in data units; ``y`` holds integer class labels when the dataset has them."""
+    """One minibatch in data units.
+
+    ``y`` holds integer class labels when the dataset has them; ``x_b`` examples of a second domain (unpaired, for
+    two-domain models); ``mask`` a per-example mask (1 = generate) and ``cond`` a conditioning tensor (an embedding,
+    a low-resolution image), when a dataset provides them.
+    """
 
     x: Tensor
     y: Tensor | None = None
+    x_b: Tensor | None = None
+    mask: Tensor | None = None
+    cond: Tensor | None = None
+
+    def map(self, fn: Any) -> Batch:
+        """A batch with ``fn`` applied to every tensor that is present."""
+        return Batch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                        for f in fields(self)})
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.x.to(device), None if self.y is None else self.y.to(device))
+        return self.map(lambda t: t.to(device))
+
+    def __getitem__(self, index: slice | Tensor) -> Batch:
+        """The examples at ``index`` of every per-example tensor (``x_b`` is another domain: sliced alike)."""
+        return self.map(lambda t: t[index])
 
     def __len__(self) -> int:
         return len(self.x)
@@ -136,10 +135,43 @@ class LogLikelihood:
         return -self.values / (dims * math.log(2.0))
 
 
+@dataclass(frozen=True)
+class Cost:
+    """What one sample costs: network evaluations and, where known, forward FLOPs (``None`` = unknown)."""
+
+    nfe_per_sample: int | None = None
+    flops_per_sample: float | None = None
+    #: training FLOPs (forward + backward) per example, where the model knows them
+    train_flops_per_example: float | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One phase of training (e.g. a VQ-VAE, then its prior): which optimizers it steps, its share of the steps
+    (or of the time budget), and the validation metric that picks its best checkpoint (None: the model's)."""
+
+    name: str
+    optimizers: tuple[str, ...] | None = None
+    share: float = 1.0
+    validation_metric: str | None = None
+
+
 class ModelConfig(BaseModel):
     """Base of every model's hyperparameters. Unknown keys are an error, values are type-checked."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class SampleOptions(BaseModel):
+    """Base of every model's sampling options (``model.sample(n, **options)``); declare fields with ``Field(default,
+    ge=..., description=...)`` so the CLI, ``--help`` and the server's JSON Schema can say what they are."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def validation_message(err: ValidationError) -> str:
+    """A pydantic error as one line: ``field: problem; field: problem``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in err.errors())
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -154,49 +186,104 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode for the block and restore its previous mode after, whatever happens."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 class Optimizers:
     """What ``training_step`` uses to update parameters: ``optim.step("name", loss)``.
 
     Zeroes the named optimizer's gradients, back-propagates, checks loss and gradient norm are finite, clips the
     gradient norm when asked, and steps. A model with several optimizers calls ``step`` once per optimizer, in
     whatever order and frequency its algorithm needs.
+
+    The trainer sets three things here: ``accumulate`` (k micro-batches per update: gradients of k calls add up,
+    each loss scaled by 1/k, and the optimizer steps on the last), ``stage`` (the optimizers the current training
+    stage may step) and ``scaler`` (fp16 loss scaling on GPUs). :meth:`reduce_gradients` is where data-parallel
+    training averages gradients across processes before clipping.
     """
 
-    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], grad_clip: float | None = None) -> None:
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], grad_clip: float | None = None,
+                 scaler: Any = None) -> None:
         self.optimizers = optimizers
         self.grad_clip = grad_clip
+        self.scaler = scaler
+        self.accumulate = 1
+        self.micro = 0  # index of the current micro-batch in 0 .. accumulate - 1
+        self.stage: Stage | None = None
 
     def step(self, name: str, loss: Tensor) -> None:
         if name not in self.optimizers:
             raise GenzooError(f"training_step stepped unknown optimizer '{name}' (have {sorted(self.optimizers)})")
+        if self.stage is not None and self.stage.optimizers is not None and name not in self.stage.optimizers:
+            raise GenzooError(f"training stage '{self.stage.name}' does not train optimizer '{name}'")
         if not torch.isfinite(loss):
             raise NonFiniteError(f"loss for optimizer '{name}' is {loss.item()}")
         opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.micro == 0:
+            opt.zero_grad(set_to_none=True)
+        scaled = loss / self.accumulate if self.accumulate > 1 else loss
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if self.micro == self.accumulate - 1:
+            self._apply(name, opt)
+
+    def _apply(self, name: str, opt: torch.optim.Optimizer) -> None:
         params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        self.reduce_gradients(params)
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else float("inf"))
-        if not torch.isfinite(norm):
+        if not torch.isfinite(norm) and self.scaler is None:  # with a scaler, an overflow only skips the step
             raise NonFiniteError(f"gradient norm for optimizer '{name}' is {norm.item()}")
-        opt.step()
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+
+    def reduce_gradients(self, params: list[Tensor]) -> None:
+        """Average gradients over data-parallel processes (a no-op in a single process)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        world = torch.distributed.get_world_size()
+        for p in params:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
 
 
 class GenerativeModel(nn.Module):
-    """Base class of every genzoo model. Subclasses set the class variables and implement the abstract methods."""
+    """Base class of every genzoo model. Subclasses set the class variables and override the methods of their
+    capabilities (:data:`CAPABILITY_METHODS`); the others raise a clear error naming the missing capability."""
 
     name: ClassVar[str]
     family: ClassVar[str]
     Config: ClassVar[type[ModelConfig]]
     data_kinds: ClassVar[frozenset[DataKind]]
+    #: sampling options ``sample`` accepts (a pydantic model; none by default)
+    SampleOptions: ClassVar[type[SampleOptions]] = SampleOptions
     base_capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.SAMPLE})
+    #: datasets the model trains on: 1, or 2 for models between two domains (``--data A --data-b B``)
+    domains: ClassVar[int] = 1
+    #: ``base:ARG`` as a model name (``hf:gpt2``) sets this hyperparameter to ARG; None: no argument
+    name_argument: ClassVar[str | None] = None
     #: key of ``validation_step``'s output that picks the best checkpoint (lower is better)
     validation_metric: ClassVar[str] = "val_loss"
+    #: training phases in order; empty: one stage stepping every optimizer
+    stages: ClassVar[tuple[Stage, ...]] = ()
+    #: whether ``_sample`` / ``validation_step`` need autograd (Langevin dynamics); else they run under no_grad
+    sampling_needs_grad: ClassVar[bool] = False
+    validation_needs_grad: ClassVar[bool] = False
     #: hyperparameter overrides giving the smallest sensible model (contract tests, quick demos)
     smoke_config: ClassVar[dict[str, Any]] = {}
     #: training steps on one fixed batch after which the contract tests expect ``validation_metric`` to improve
     smoke_overfit_steps: ClassVar[int] = 50
-    #: names of the keyword options ``sample`` accepts (e.g. ``sampler``, ``steps``, ``guidance``)
-    sample_options: ClassVar[tuple[str, ...]] = ()
     #: trainer settings this model prefers over the trainer's defaults (e.g. ``{"ema_decay": 0.999}``)
     train_defaults: ClassVar[dict[str, Any]] = {}
 
@@ -205,21 +292,48 @@ class GenerativeModel(nn.Module):
         if data.kind not in self.data_kinds:
             kinds = ", ".join(sorted(k.value for k in self.data_kinds))
             raise ConfigError(f"model '{self.name}' accepts {kinds} data, but the data is {data.kind.value}")
+        if (data.domain_b is not None) != (self.domains == 2):
+            raise ConfigError(f"model '{self.name}' trains on two datasets: give the second with --data-b"
+                              if self.domains == 2 else
+                              f"model '{self.name}' trains on one dataset; --data-b is for two-domain models")
         self.config = config
         self.data = data
-        if data.kind is DataKind.VECTOR:
-            mean = torch.tensor(data.mean or [0.0] * data.dims, dtype=torch.float32)
-            std = torch.tensor(data.std or [1.0] * data.dims, dtype=torch.float32)
-            self.register_buffer("data_mean", mean, persistent=False)
-            self.register_buffer("data_std", std.clamp_min(1e-8), persistent=False)
+        self._stat_names = []
+        for key, value in data.handler.buffers(data).items():
+            self.register_buffer(key, value, persistent=False)
+            self._stat_names.append(key)
+        #: where the weights come from: run directory, checkpoint, step, raw or EMA weights
+        self.provenance: dict[str, Any] = {"run": None, "checkpoint": None, "step": None, "weights": "initial"}
+        #: the text tokenizer of token data (:class:`genzoo.tokenizer.Tokenizer`), handed over by the dataset
+        self.tokenizer: Any = None
 
     # ----- introspection -------------------------------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[Capability]:
+        """What this instance can do: the declared capabilities, less those its data rules out; a model with a
+        likelihood can also score anomalies (``score`` = negative log-likelihood)."""
         caps = set(self.base_capabilities)
         if not self.data.conditional:
             caps.discard(Capability.CONDITIONAL_SAMPLE)
+        if caps & _LIKELIHOODS:
+            caps.add(Capability.ANOMALY_SCORE)
         return frozenset(caps)
+
+    @classmethod
+    def from_pretrained(cls, name: str, **options: Any) -> GenerativeModel:
+        """A pretrained model named ``name`` (``genzoo.load("NAME:ARG")`` for models with a ``name_argument``)."""
+        raise GenzooError(f"model '{cls.name}' has no pretrained weights to load")
+
+    @classmethod
+    def data_options(cls, config: ModelConfig) -> dict[str, Any]:
+        """Data options the model needs its data read with, as defaults under the user's own (e.g. a pretrained
+        model's tokenizer: ``{"tokenizer": "hf:gpt2"}``). Default: none."""
+        return {}
+
+    @classmethod
+    def sample_options_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of :attr:`SampleOptions` (what a server publishes for this model)."""
+        return cls.SampleOptions.model_json_schema()
 
     @property
     def device(self) -> torch.device:
@@ -228,30 +342,31 @@ class GenerativeModel(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def require(self, capability: Capability) -> None:
+        """Raise a clear error unless this model has ``capability``."""
+        if capability not in self.capabilities:
+            raise GenzooError(f"model '{self.name}' cannot {capability.value.replace('_', ' ')} "
+                              f"(its capabilities: {', '.join(sorted(c.value for c in self.capabilities))})")
+
+    def use_tokenizer(self, tokenizer: Any) -> None:
+        """Take the dataset's text tokenizer (token data); models that read text check it fits here."""
+        self.tokenizer = tokenizer
+
     # ----- data units <-> network units ------------------------------------------------------------------------
+    def _stats(self) -> dict[str, Tensor]:
+        return {key: getattr(self, key) for key in self._stat_names}
+
     def preprocess(self, x: Tensor) -> Tensor:
         """Data units -> network units: images [0, 1] -> [-1, 1], vectors standardised, tokens unchanged."""
-        if self.data.kind is DataKind.IMAGE:
-            return x * 2.0 - 1.0
-        if self.data.kind is DataKind.VECTOR:
-            return (x - self.data_mean) / self.data_std
-        return x
+        return self.data.handler.preprocess(x, self._stats())
 
     def postprocess(self, z: Tensor) -> Tensor:
         """Network units -> data units (inverse of :meth:`preprocess`; images are clamped to [0, 1])."""
-        if self.data.kind is DataKind.IMAGE:
-            return ((z + 1.0) / 2.0).clamp(0.0, 1.0)
-        if self.data.kind is DataKind.VECTOR:
-            return z * self.data_std + self.data_mean
-        return z
+        return self.data.handler.postprocess(z, self._stats())
 
     def preprocess_log_det(self) -> float:
         """log |d preprocess / dx| summed over one example: add to a density in network units to get data units."""
-        if self.data.kind is DataKind.IMAGE:
-            return self.data.dims * math.log(2.0)
-        if self.data.kind is DataKind.VECTOR:
-            return float(-self.data_std.log().sum())
-        return 0.0
+        return self.data.handler.log_det(self.data, self._stats())
 
     # ----- randomness ------------------------------------------------------------------------------------------
     def randn(self, *shape: int, generator: torch.Generator | None = None) -> Tensor:
@@ -264,16 +379,57 @@ class GenerativeModel(nn.Module):
         lr = getattr(self.config, "lr", 1e-3)
         return {"model": torch.optim.Adam(self.parameters(), lr=lr)}
 
+    def lr_schedules(self) -> dict[str, dict[str, Any]]:
+        """Per-optimizer overrides of the trainer's ``lr_schedule``/``warmup_steps`` (e.g. a GAN's discriminator
+        without warm-up): ``{"discriminator": {"warmup_steps": 0}}``. Default: the trainer's for all."""
+        return {}
+
+    def setup(self, first_batch: Batch) -> None:
+        """Called once, before the first training step and before the EMA copy is made, with the first training
+        batch (data-dependent initialisation such as ActNorm). Its effect must live in the weights or buffers: it
+        is saved with them and not run again on resume."""
+
+    def ema_targets(self) -> list[nn.Module]:
+        """The submodules whose parameters the trainer averages when it keeps an EMA (default: the whole model;
+        a GAN averages its generator only)."""
+        return [self]
+
     def training_step(self, batch: Batch, step: int, optim: Optimizers) -> dict[str, float]:
-        """Do one training step on ``batch`` (stepping ``optim``) and return the losses to log."""
+        """Do one training step on ``batch`` (stepping ``optim``) and return the losses to log.
+
+        With several ``stages``, ``optim.stage`` says which one is running."""
         raise NotImplementedError
 
     def validation_step(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
-        """Metrics on one held-out batch (lower is better for ``validation_metric``). Called under no_grad."""
+        """Metrics on one held-out batch (lower is better for ``validation_metric``). Called under no_grad unless
+        ``validation_needs_grad``."""
         raise NotImplementedError
 
-    # ----- sampling and likelihood -----------------------------------------------------------------------------
-    @torch.no_grad()
+    # ----- sampling --------------------------------------------------------------------------------------------
+    @classmethod
+    def sample_options(cls, **options: Any) -> SampleOptions:
+        """Validated sampling options; a clear one-line error for unknown names, wrong types or out-of-range values."""
+        try:
+            return cls.SampleOptions(**options)
+        except ValidationError as err:
+            accepted = ", ".join(cls.SampleOptions.model_fields) or "none"
+            raise ConfigError(f"bad sampling option for '{cls.name}': {validation_message(err)} "
+                              f"(accepts: {accepted})") from None
+
+    def check_labels(self, labels: Tensor | None, n: int) -> Tensor | None:
+        """Class labels as a (n,) long tensor on the model's device, checked against the trained classes."""
+        if labels is None:
+            return None
+        if Capability.CONDITIONAL_SAMPLE not in self.capabilities:
+            raise GenzooError(f"model '{self.name}' was not trained with labels; it cannot sample a class")
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        labels = labels.expand(n) if labels.numel() == 1 else labels
+        if len(labels) != n:
+            raise GenzooError(f"got {len(labels)} class labels for {n} samples")
+        if int(labels.max()) >= (self.data.num_classes or 0) or int(labels.min()) < 0:
+            raise GenzooError(f"class label out of range 0..{(self.data.num_classes or 1) - 1}")
+        return labels.to(self.device)
+
     def sample(
         self,
         n: int,
@@ -283,34 +439,81 @@ class GenerativeModel(nn.Module):
         labels: Tensor | None = None,
         **options: Any,
     ) -> Tensor:
-        """Draw ``n`` samples in data units. Same seed (or generator state) -> same samples on the same CPU."""
-        unknown = sorted(set(options) - set(self.sample_options))
-        if unknown:
-            accepted = ", ".join(self.sample_options) or "none"
-            raise GenzooError(f"model '{self.name}' has no sampling option {', '.join(unknown)} (accepts: {accepted})")
+        """Draw ``n`` samples in data units. Same seed (or generator state) -> same samples on the same CPU.
+
+        ``options`` are the model's :attr:`SampleOptions` (``genzoo sample RUN --help`` lists them)."""
+        if n < 1:
+            raise GenzooError(f"the number of samples must be at least 1, got {n}")
+        typed = self.sample_options(**options)
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        if labels is not None:
-            if Capability.CONDITIONAL_SAMPLE not in self.capabilities:
-                raise GenzooError(f"model '{self.name}' was not trained with labels; it cannot sample a class")
-            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-            labels = labels.expand(n) if labels.numel() == 1 else labels
-            if int(labels.max()) >= (self.data.num_classes or 0) or int(labels.min()) < 0:
-                raise GenzooError(f"class label out of range 0..{(self.data.num_classes or 1) - 1}")
-            labels = labels.to(self.device)
-        was_training = self.training
-        self.eval()
+        labels = self.check_labels(labels, n)
+        with eval_mode(self), torch.set_grad_enabled(self.sampling_needs_grad):
+            return self._sample(n, generator, labels, typed)
+
+    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, options: Any) -> Tensor:
+        """Draw ``n`` samples with the validated ``options`` (an instance of :attr:`SampleOptions`)."""
+        raise GenzooError(f"model '{self.name}' cannot sample")
+
+    def cost(self, **options: Any) -> Cost:
+        """Network evaluations (and FLOPs, where known) per sample with these sampling options.
+
+        The default measures it: the most forward calls any top-level module makes while drawing two samples.
+        Models whose cost follows from their options (diffusion steps, sequence length) override it."""
+        self.sample_options(**options)
+        counts: dict[int, int] = {}
+        hooks = [m.register_forward_hook(lambda mod, *_: counts.__setitem__(id(mod), counts.get(id(mod), 0) + 1))
+                 for m in [self, *self.children()]]
         try:
-            return self._sample(n, generator, labels, **options)
+            labels = torch.zeros(2, dtype=torch.long) if Capability.SAMPLE not in self.capabilities else None
+            self.sample(2, seed=0, labels=labels, **options)
         finally:
-            self.train(was_training)
+            for hook in hooks:
+                hook.remove()
+        return Cost(nfe_per_sample=max(counts.values()) if counts else None)
 
-    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, **options: Any) -> Tensor:
-        raise NotImplementedError
-
+    # ----- capabilities beyond sampling: each raises unless the model overrides it --------------------------------
     def log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> LogLikelihood:
-        """log p(x) (or a bound) per example; only models with a likelihood capability implement it."""
+        """log p(x) (or a bound, see ``LogLikelihood.kind``) per example, in data units."""
         raise GenzooError(f"model '{self.name}' has no likelihood")
+
+    def score(self, x: Tensor) -> Tensor:
+        """Per-example anomaly score (higher = more unusual): the negative log-likelihood in nats by default."""
+        self.require(Capability.ANOMALY_SCORE)
+        with eval_mode(self), torch.no_grad():
+            return -self.log_likelihood(x.to(self.device)).values
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Examples -> latent codes (B, ...)."""
+        raise GenzooError(f"model '{self.name}' cannot encode")
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Latent codes -> examples in data units."""
+        raise GenzooError(f"model '{self.name}' cannot decode")
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Examples -> their reconstructions in data units."""
+        raise GenzooError(f"model '{self.name}' cannot reconstruct")
+
+    def interpolate(self, a: Tensor, b: Tensor, n: int = 8) -> Tensor:
+        """``n`` examples on the path from example ``a`` to example ``b`` in latent space: (n, *shape)."""
+        raise GenzooError(f"model '{self.name}' cannot interpolate")
+
+    def inpaint(self, x: Tensor, mask: Tensor, **options: Any) -> Tensor:
+        """Regenerate the pixels where ``mask`` is non-zero, keeping the others exactly."""
+        raise GenzooError(f"model '{self.name}' cannot inpaint")
+
+    def img2img(self, x: Tensor, strength: float = 0.5, **options: Any) -> Tensor:
+        """Translate or edit images; ``strength`` in (0, 1] says how far from the input the result may go."""
+        raise GenzooError(f"model '{self.name}' cannot do image-to-image")
+
+    def generate(self, prompt: str = "", **generation: Any) -> str | list[str]:
+        """Complete a text prompt (generation options: :class:`genzoo.generation.GenerationConfig`)."""
+        raise GenzooError(f"model '{self.name}' does not generate text")
+
+    def chat(self, messages: list[dict[str, str]], **generation: Any) -> str | list[str]:
+        """Answer a conversation ``[{"role": "user", "content": ...}]`` through the model's chat template."""
+        raise GenzooError(f"model '{self.name}' has no chat template")
 
     # ----- persistence hooks -----------------------------------------------------------------------------------
     def save_assets(self, directory: Path) -> None:
@@ -318,3 +521,9 @@ class GenerativeModel(nn.Module):
 
     def load_assets(self, directory: Path) -> None:
         """Read what :meth:`save_assets` wrote."""
+
+    def with_provenance(self, **where: Any) -> GenerativeModel:
+        """Record where the weights come from (run, checkpoint, step, weights) and return the model."""
+        self.provenance = {**self.provenance, **where}
+        return self
+

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from genzoo.contract import Capability, DataKind, GenerativeModel
 from genzoo.errors import DataError, GenzooError
+from genzoo.runs import load
 
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
@@ -72,11 +73,26 @@ def edit(model: GenerativeModel | str | Path, image: Tensor | str | Path, mask: 
     translate it with ``strength`` in (0, 1]. ``model`` is a model or a run directory; image/mask are tensors in
     [0, 1] or image files (resized to the model's size). Returns (N, C, H, W) in [0, 1]."""
     if not isinstance(model, GenerativeModel):
-        from genzoo.runs import load
-
         model = load(model)
+    if mask is None and strength is None:
+        raise GenzooError("give a mask (inpainting/outpainting) or a strength in (0, 1] (image-to-image)")
+    model.require(Capability.INPAINT if mask is not None else Capability.IMG2IMG)  # before reading any file
     if model.data.kind is not DataKind.IMAGE:
         raise GenzooError(f"model '{model.name}' does not make images; nothing to edit")
+    image, mask = _inputs(model, image, mask)
+    if mask is None:
+        return model.img2img(image, strength, **options)
+    if not torch.as_tensor(mask).any():
+        raise GenzooError("the mask is empty: it has no white (non-zero) pixel marking what to generate")
+    if strength is not None:
+        options["strength"] = strength
+    return model.inpaint(image, mask, **options)
+
+
+def _inputs(model: GenerativeModel, image: Tensor | str | Path,
+            mask: Tensor | str | Path | None) -> tuple[Tensor, Tensor | None]:
+    """Image and mask as tensors; files are read and resized to the model's size (a mask file must match its
+    image file's size, so it marks the pixels the user meant)."""
     channels, height, width = model.data.shape
     if isinstance(image, str | Path):
         image_path, image = Path(image), read_image(image, channels)
@@ -89,16 +105,4 @@ def edit(model: GenerativeModel | str | Path, image: Tensor | str | Path, mask: 
         image = _resize(image, (height, width), mask=False)
     elif isinstance(mask, str | Path):
         mask = _resize(read_mask(mask), (height, width), mask=True)
-    if mask is not None:
-        if Capability.INPAINT not in model.capabilities:
-            raise GenzooError(f"model '{model.name}' cannot inpaint")
-        if not torch.as_tensor(mask).any():
-            raise GenzooError("the mask is empty: it has no white (non-zero) pixel marking what to generate")
-        if strength is not None:
-            options["strength"] = strength
-        return model.inpaint(image, mask, **options)
-    if strength is None:
-        raise GenzooError("give a mask (inpainting/outpainting) or a strength in (0, 1] (image-to-image)")
-    if Capability.IMG2IMG not in model.capabilities:
-        raise GenzooError(f"model '{model.name}' cannot do image-to-image")
-    return model.img2img(image, strength, **options)
+    return image, mask

@@ -5,7 +5,9 @@ context for the new text (so token ids mean the same). A LoRA-tuned run's adapte
 weights, so it continues like any run: fully, or with ``--lora`` under new adapters. ``--init hf:NAME`` starts from a
 Hugging Face model and reads the text with that model's tokenizer. ``--lora`` trains rank-8 LoRA adapters only
 (``--set lora_rank=N`` for another rank); without it the whole model trains. The trainer calls
-:func:`plan_training` before it loads the data and :meth:`TrainingPlan.apply` once the model is built.
+:func:`plan_training` before it loads the data, loads it with ``load_dataset(plan.data, options=plan.data_options)``
+(the tokenizer and context the model needs, as defaults the spec's own ``#options`` still override; the spec itself
+is never rewritten) and calls :meth:`TrainingPlan.apply` once the model is built.
 """
 
 from __future__ import annotations
@@ -15,32 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from genzoo.contract import GenerativeModel
+from genzoo.data.specs import DataOptions
 from genzoo.errors import ConfigError
-from genzoo.registry import model_class
+from genzoo.registry import make_config, model_class
+from genzoo.runs import pretrained_class
 
 LORA_RANK = 8
-_TEXT_PREFIXES = ("text", "jsonl")
-
-
-def with_text_options(spec: str, **options: Any) -> str:
-    """Add ``key=value`` options to a ``text:``/``jsonl:`` spec unless the spec already sets them."""
-    prefix, sep, rest = spec.partition(":")
-    if prefix not in _TEXT_PREFIXES or not sep:
-        return spec
-    path, _, fragment = rest.partition("#")
-    items = [item for item in fragment.split(",") if item]
-    present = {item.partition("=")[0] for item in items}
-    items += [f"{k}={v}" for k, v in options.items() if v is not None and k not in present]
-    return f"{prefix}:{path}" + (f"#{','.join(items)}" if items else "")
 
 
 @dataclass
 class TrainingPlan:
-    """What to train: the model name, its data spec and hyperparameters, and the weights to start from."""
+    """What to train: the model name, its data (the spec or Dataset as given) and hyperparameters, the data options
+    to read a spec with (None: the spec's own), and the weights to start from."""
 
     model: str
     data: Any
     hparams: dict[str, Any]
+    data_options: DataOptions | None = None
     init_run: Path | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -71,20 +64,23 @@ class TrainingPlan:
 
 def plan_training(model: str, data: Any, hparams: dict[str, Any], init: str | None = None,
                   lora: bool = False) -> TrainingPlan:
-    """Resolve ``--init``/``--lora`` and give text specs the tokenizer the model needs.
+    """Resolve ``--init``/``--lora`` and the text options the model needs.
 
-    ``data`` may be a spec string or a Dataset (left unchanged). ``hparams`` given by the user win over the init
-    run's.
+    ``data`` (a spec string or a Dataset) is returned unchanged; for a spec, ``plan.data_options`` holds the
+    tokenizer and context to read it with (an ``--init RUN``'s, or an ``hf`` model's tokenizer) as defaults that the
+    spec's own ``#options`` override. ``hparams`` given by the user win over the init run's.
     """
     hparams = dict(hparams)
     plan = TrainingPlan(model, data, hparams)
+    text: dict[str, Any] = {}
     if lora:
         hparams.setdefault("lora_rank", LORA_RANK)
-    if init and init.startswith("hf:"):
-        if model not in ("hf", init):
-            plan.notes.append(f"--init {init} trains the Hugging Face model (not '{model}')")
-        plan.model = "hf"
-        hparams.setdefault("pretrained", init[3:])
+    pretrained = pretrained_class(init) if init else None
+    if pretrained is not None:  # --init hf:NAME: a model class that loads pretrained weights by name
+        if model not in (pretrained.name, init):
+            plan.notes.append(f"--init {init} trains the '{pretrained.name}' model (not '{model}')")
+        plan.model = pretrained.name
+        hparams.setdefault(pretrained.name_argument, init.partition(":")[2])
     elif init:
         from genzoo.runs import read_config
 
@@ -96,14 +92,13 @@ def plan_training(model: str, data: Any, hparams: dict[str, Any], init: str | No
             inherited["lora_rank"] = 0
         plan.hparams = hparams = {**inherited, **hparams}
         plan.init_run = Path(init)
-        if isinstance(data, str):
-            context = saved["data"]["info"]["shape"][0]
-            plan.data = with_text_options(data, tokenizer=init, context=context)
+        info = saved["data"]["info"]
+        if info.get("kind") == "tokens":  # the new text is read with the run's tokenizer and context
+            text.update(tokenizer=str(init), context=info["shape"][0])
     if lora and "lora_rank" not in model_class(plan.model).Config.model_fields:
         raise ConfigError(f"--lora: model '{plan.model}' has no linear layers to adapt; LoRA works for gpt and hf")
-    base, _, arg = plan.model.partition(":")
-    if base == "hf" and isinstance(plan.data, str):
-        name = hparams.get("pretrained") or arg
-        if name:
-            plan.data = with_text_options(plan.data, tokenizer=f"hf:{name}")
+    for key, value in model_class(plan.model).data_options(make_config(plan.model, hparams)).items():
+        text.setdefault(key, value)
+    if text and isinstance(data, str):
+        plan.data_options = DataOptions(**text)
     return plan

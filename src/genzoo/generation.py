@@ -13,6 +13,10 @@ the model's end-of-sequence ids (``eos_ids``: a pretrained model may have severa
 
 Generation is deterministic by default: ``seed=None`` means seed 0, like ``model.sample(seed=None)``, so the same call
 gives the same text; pass a different seed for different completions.
+
+The options are typed: :class:`TokenSampling` holds how a token is drawn (the ``SampleOptions`` of every token model,
+what ``model.sample`` accepts) and :class:`GenerationConfig` adds what ``generate``/``stream`` produce
+(``max_new_tokens``, ``stop``, ``seed``, ``num_return_sequences``); their field descriptions are the CLI's help.
 """
 
 from __future__ import annotations
@@ -21,27 +25,36 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from torch import Tensor
 
+from genzoo.contract import SampleOptions, eval_mode, validation_message
 from genzoo.errors import ConfigError
 
 
-class GenerationConfig(BaseModel):
-    """Sampling controls, named as in Hugging Face ``generate``."""
+class TokenSampling(SampleOptions):
+    """How each next token is drawn: the sampling options of every token model (``model.sample(n, **options)``),
+    named as in Hugging Face ``generate``."""
 
-    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(1.0, ge=0.0, description="softmax temperature; 0 = greedy (always the most likely)")
+    top_k: int | None = Field(None, ge=1, description="keep only the k most likely tokens")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="nucleus sampling: keep the most likely tokens "
+                                                                  "up to this total probability")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="drop tokens less likely than min_p times the "
+                                                                  "most likely one")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="> 1 discourages tokens already in the sequence "
+                                                               "(CTRL: positive logits divided, negative multiplied)")
+    use_cache: bool = Field(True, description="reuse the KV cache / recurrent state (the same tokens; off only to "
+                                              "measure)")
 
-    max_new_tokens: int = Field(100, ge=0)
-    temperature: float = Field(1.0, ge=0.0)
-    top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, gt=0.0)
-    stop: tuple[str, ...] = ()
-    seed: int | None = None  # None = 0: deterministic by default
-    num_return_sequences: int = Field(1, ge=1)
-    use_cache: bool = True
+
+class GenerationConfig(TokenSampling):
+    """Text generation controls (``model.generate(prompt, **options)``): the sampling options and what to produce."""
+
+    max_new_tokens: int = Field(100, ge=0, description="tokens to generate")
+    stop: tuple[str, ...] = Field((), description="strings that end a completion (cut just before the first)")
+    seed: int | None = Field(None, description="seed of the draws; None = 0, so generation is deterministic")
+    num_return_sequences: int = Field(1, ge=1, description="completions to draw")
 
     @field_validator("stop")
     @classmethod
@@ -58,8 +71,7 @@ def generation_config(**options: Any) -> GenerationConfig:
     try:
         return GenerationConfig(**options)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"bad generation option: {problems}") from None
+        raise ConfigError(f"bad generation option: {validation_message(err)}") from None
 
 
 def stream_config(**options: Any) -> GenerationConfig:
@@ -83,7 +95,7 @@ class TextModel(Protocol):
 
     def prompt_ids(self, prompt: str) -> list[int]: ...
 
-    def decode(self, ids: list[int]) -> str: ...
+    def decode_tokens(self, ids: list[int]) -> str: ...
 
     @property
     def eos_ids(self) -> frozenset[int]: ...
@@ -154,7 +166,7 @@ class _Completion:
         """Add a token (None = the end) and return the newly settled text."""
         if token is not None:
             self.ids.append(token)
-        text = self.model.decode(self.ids)
+        text = self.model.decode_tokens(self.ids)
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0 or token is None:
             self.done = True
@@ -174,19 +186,14 @@ def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig) -> Iter
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device).expand(cfg.num_return_sequences, -1)
     outs = [_Completion(model, cfg.stop) for _ in range(cfg.num_return_sequences)]
     eos = model.eos_ids
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for tokens in generate_tokens(model, ids, cfg, generator, model.vocab_out):
-                pieces = [out.push(None if t in eos else t) if not out.done else ""
-                          for out, t in zip(outs, tokens.tolist(), strict=True)]
-                yield pieces
-                if all(out.done for out in outs):
-                    return
+    with eval_mode(model), torch.no_grad():
+        for tokens in generate_tokens(model, ids, cfg, generator, model.vocab_out):
+            pieces = [out.push(None if t in eos else t) if not out.done else ""
+                      for out, t in zip(outs, tokens.tolist(), strict=True)]
+            yield pieces
+            if all(out.done for out in outs):
+                return
         yield [out.push(None) if not out.done else "" for out in outs]
-    finally:
-        model.train(was_training)
 
 
 class TextGenerationMixin:

@@ -23,7 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from genzoo.errors import GenzooError, RunDirError
+from genzoo.errors import RunDirError
+
+
+def cache_dir() -> Path:
+    """Root of genzoo's caches (downloads, feature networks): ``$GENZOO_CACHE`` or ``~/.cache/genzoo``."""
+    return Path(os.environ.get("GENZOO_CACHE") or Path.home() / ".cache" / "genzoo").expanduser()
 
 
 def _read_umask() -> int:
@@ -190,18 +195,9 @@ def save_scatter(path: Path, points: Tensor, reference: Tensor | None = None, ti
     plt.close(fig)
 
 
-def save_samples(path: Path, samples: Tensor) -> Path:
-    """Save samples by file type: ``.npy`` (raw array in data units), ``.png`` (image grid, or scatter for 2D)."""
-    path = Path(path)
-    if path.suffix == ".npy":
-        buffer = io.BytesIO()
-        np.save(buffer, samples.detach().cpu().numpy(), allow_pickle=False)
-        atomic_write_bytes(path, buffer.getvalue())
-    elif path.suffix == ".png" and samples.dim() == 4:
-        save_image_grid(path, samples)
-    elif path.suffix == ".png" and samples.dim() == 2 and samples.shape[1] >= 2:
-        save_scatter(path, samples[:, :2], title=path.stem)
-    else:
-        raise GenzooError(f"cannot write samples of shape {tuple(samples.shape)} to '{path.name}': "
-                          "use .npy, or .png for images and vectors of 2+ dimensions")
-    return path
+def save_array(path: Path, array: Tensor) -> Path:
+    """Save a tensor as a ``.npy`` file (no pickle), atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, array.detach().cpu().numpy(), allow_pickle=False)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)

@@ -32,8 +32,7 @@ def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import genzoo.models as pkg
-
+    pkg = importlib.import_module("genzoo.models")  # found at run time: the registry sits below the models
     for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}."):
         importlib.import_module(info.name)
     _discovered = True
@@ -49,7 +48,7 @@ def model_class(name: str) -> type[GenerativeModel]:
     _discover()
     base, sep, _ = name.partition(":")
     cls = _MODELS.get(base)
-    if cls is None or (sep and not getattr(cls, "name_argument", None)):
+    if cls is None or (sep and not cls.name_argument):
         raise ConfigError(f"unknown model '{name}'; available: {', '.join(sorted(_MODELS))}")
     return cls
 
@@ -60,7 +59,7 @@ def make_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
     overrides = dict(overrides or {})
     _, sep, arg = name.partition(":")
     if sep:  # hf:gpt2 -> pretrained="gpt2"
-        overrides.setdefault(cls.name_argument, arg)  # type: ignore[attr-defined]
+        overrides.setdefault(cls.name_argument, arg)
     unknown = sorted(set(overrides) - set(cls.Config.model_fields))
     if unknown:
         known = ", ".join(cls.Config.model_fields)
@@ -71,7 +70,12 @@ def make_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
         raise ConfigError(f"bad hyperparameter for '{name}': {err}") from None
 
 
-def build_model(name: str, data: DataInfo, overrides: dict[str, Any] | None = None) -> GenerativeModel:
-    """Instantiate model ``name`` for ``data`` with hyperparameter ``overrides``."""
+def build_model(name: str, data: DataInfo, overrides: dict[str, Any] | None = None,
+                tokenizer: Any = None) -> GenerativeModel:
+    """Instantiate model ``name`` for ``data`` with hyperparameter ``overrides``; ``tokenizer`` is the dataset's
+    (token data), handed to the model explicitly."""
     cls = model_class(name)
-    return cls(make_config(name, overrides), data)
+    model = cls(make_config(name, overrides), data)
+    if tokenizer is not None:
+        model.use_tokenizer(tokenizer)
+    return model

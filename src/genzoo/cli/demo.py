@@ -7,13 +7,13 @@ from pathlib import Path
 
 import typer
 
-import genzoo
 from genzoo.cli.app import app, console
 from genzoo.cli.info import run_summary
 from genzoo.eval import evaluate, table
 from genzoo.eval.report import NLL_MARK, checkpoint_label
 from genzoo.io import atomic_write_text, save_image_grid, write_json
-from genzoo.training import parse_budget
+from genzoo.runs import load
+from genzoo.training import parse_budget, train
 
 DEMO_MODELS = ("vae", "dcgan")
 
@@ -34,8 +34,8 @@ def demo(
         if (run / "config.json").exists():
             console.print(f"{run} exists from an earlier demo: continuing it")
         console.rule(f"{name} on digits, {budget}")
-        genzoo.train(name, "digits", budget=budget, out=run, seed=seed, resume=(run / "config.json").exists())
-        model = genzoo.load(run)
+        train(name, "digits", budget=budget, out=run, seed=seed, resume=(run / "config.json").exists())
+        model = load(run)
         grid = out / f"{name}-samples.png"
         save_image_grid(grid, model.sample(64, seed=seed), nrow=8)
         result = evaluate(run, seed=seed, progress=True)

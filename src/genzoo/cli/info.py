@@ -8,33 +8,29 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-import genzoo
 from genzoo.cli.app import app, console
-from genzoo.io import read_json, resolve_dir
-from genzoo.training.logging import read_metrics
+from genzoo.runs import CHECKPOINTS, RunDir
 
 
 def run_summary(run: Path) -> dict:
     """A JSON-able summary of a run directory (also used by `genzoo demo`)."""
-    config = genzoo.read_config(run)
-    model = genzoo.load(run)
-    checkpoints = {}
-    for name in ("best", "last"):
-        folder = resolve_dir(run / name)
-        if folder is not None:
-            checkpoints[name] = read_json(folder / "trainer.json").get("step")
-    metrics = read_metrics(run)
+    rundir = RunDir(run)
+    config = rundir.config
+    model = rundir.load_model()
+    checkpoints = {name: rundir.trainer_state(name)["step"] for name in CHECKPOINTS if rundir.has_checkpoint(name)}
+    metrics = rundir.metrics()
     last_val = next((m for m in reversed(metrics) if m["split"] == "val"), {})
     last_train = next((m for m in reversed(metrics) if m["split"] == "train"), {})
     return {
-        "run": str(run), "model": config["model"], "family": config.get("family"), "data": config["data"]["spec"],
+        "run": str(run), "model": config["model"], "family": config.get("family"),
+        "data": config["data"].get("spec_text") or config["data"]["spec"],
         "shape": config["data"]["info"]["shape"], "levels": config["data"]["info"].get("levels"),
         "parameters": model.num_parameters(), "capabilities": sorted(c.value for c in model.capabilities),
         "checkpoints": checkpoints, "validation_metric": model.validation_metric,
-        "best_value": read_json(resolve_dir(run / "last") / "trainer.json").get("best") if "last" in checkpoints
-        else None,
+        "best_value": rundir.trainer_state("last").get("best") if "last" in checkpoints else None,
         "last_val": last_val, "steps_per_s": last_train.get("steps_per_s"), "hparams": config["hparams"],
-        "seed": config.get("seed"), "genzoo_version": config.get("genzoo_version"),
+        "seed": config.get("seed"), "train": config.get("train"), "resumes": config.get("resumes", []),
+        "genzoo_version": config.get("genzoo_version"),
     }
 
 

@@ -7,14 +7,14 @@ import json
 import typer
 from rich.table import Table
 
-import genzoo
+from genzoo.api import list_models
 from genzoo.cli.app import app, console
 
 
 @app.command("list")
 def list_command(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """List every model genzoo can train."""
-    models = genzoo.list_models()
+    models = list_models()
     if as_json:
         console.print_json(json.dumps(models))
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from genzoo.contract import Capability
 from genzoo.errors import GenzooError
 from genzoo.generation import generation_config, stream_config
 
@@ -19,8 +20,9 @@ def sample_text(model: Any, *, prompt: str, seed: int, stream: bool = False, cha
     options = {k: v for k, v in options.items() if v is not None}
     (stream_config if stream else generation_config)(seed=seed, **options)  # bad options fail before any output
     if chat:
-        if not hasattr(model, "chat_prompt_ids"):
-            raise GenzooError(f"--chat needs a pretrained chat model (hf:NAME); '{model.name}' has no chat template")
+        if Capability.CHAT not in model.capabilities:
+            raise GenzooError(f"--chat needs a pretrained chat model (hf:NAME with a chat template); '{model.name}' "
+                              "has no chat template")
         ids, echo = model.chat_prompt_ids([{"role": "user", "content": prompt}]), ""
     else:
         ids, echo = model.prompt_ids(prompt), prompt

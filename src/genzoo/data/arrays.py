@@ -12,7 +12,6 @@ import csv
 import io
 import math
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,13 @@ import torch
 from torch import Tensor
 
 from genzoo.contract import DataInfo, DataKind
-from genzoo.data.base import TensorDataset, check_finite, split_tensors
+from genzoo.data.base import ReferenceDensity, TensorDataset, check_finite, split_tensors
 from genzoo.data.images import resize_images
 from genzoo.data.specs import DataOptions, register_loader
 from genzoo.errors import DataError
+
+#: most classes a label array may have (class ids 0..MAX_CLASSES-1); more is almost surely not a class label
+MAX_CLASSES = 1000
 
 
 def existing_file(arg: str | None, prefix: str) -> Path:
@@ -39,8 +41,7 @@ def existing_file(arg: str | None, prefix: str) -> Path:
 
 
 def vector_dataset(x: Tensor, y: Tensor | None, source: str,
-                   sampler: Callable[[int, torch.Generator], Tensor] | None = None,
-                   log_prob: Callable[[Tensor], Tensor] | None = None) -> TensorDataset:
+                   reference: ReferenceDensity | None = None) -> TensorDataset:
     """(N, D) float vectors -> dataset with per-feature mean/std of the train split (a constant feature gets
     std 1, so standardising never divides by zero)."""
     check_finite(x, source)
@@ -52,7 +53,7 @@ def vector_dataset(x: Tensor, y: Tensor | None, source: str,
     info = DataInfo(kind=DataKind.VECTOR, shape=(x.shape[1],), levels=None, num_classes=num_classes,
                     class_names=None if y is None else tuple(str(i) for i in range(num_classes)),
                     mean=tuple(mean.tolist()), std=tuple(std.tolist()))
-    return TensorDataset(info, train, val, test, sampler=sampler, log_prob=log_prob)
+    return TensorDataset(info, train, val, test, reference=reference)
 
 
 def _labels(y: np.ndarray, n: int, source: str) -> Tensor:
@@ -62,6 +63,13 @@ def _labels(y: np.ndarray, n: int, source: str) -> Tensor:
         raise DataError(f"{source}: labels 'y' must be integer class ids, got dtype {y.dtype}")
     if n and y.min() < 0:
         raise DataError(f"{source}: labels 'y' must be >= 0, found {y.min()}")
+    if n and y.max() >= MAX_CLASSES:
+        raise DataError(f"{source}: labels 'y' go up to {y.max():g}; class ids must be 0..K-1 with at most "
+                        f"{MAX_CLASSES} classes")
+    missing = sorted(set(range(int(y.max()) + 1)) - {int(v) for v in np.unique(y)}) if n else []
+    if missing:
+        raise DataError(f"{source}: labels 'y' skip class id(s) {', '.join(map(str, missing[:5]))}: class ids must "
+                        f"be 0..K-1 with every class present (renumber them)")
     return torch.from_numpy(y.astype(np.int64))
 
 

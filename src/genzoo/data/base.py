@@ -8,8 +8,9 @@ same held-out examples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -22,10 +23,29 @@ SPLIT_SEED = 20260101
 SPLITS = ("train", "val", "test")
 
 
+class ReferenceDensity(Protocol):
+    """A known data distribution (toy data) that evaluation compares models with."""
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` fresh examples in data units."""
+        ...
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-density per example in data units."""
+        ...
+
+    def modes(self) -> tuple[Tensor, float] | None:
+        """Mode centres and the radius within which a sample counts as hitting one, for distributions with few
+        well-separated modes (None otherwise)."""
+        ...
+
+
 class Dataset:
     """Interface the trainer and evaluation use. Subclasses: :class:`TensorDataset` (in memory) and others."""
 
     info: DataInfo
+    #: the text tokenizer of token data (:class:`genzoo.tokenizer.Tokenizer`), handed to the model; None otherwise
+    tokenizer: Any = None
 
     def batch_at(self, step: int, batch_size: int, seed: int) -> Batch:
         """The training batch of global step ``step`` for training seed ``seed`` (deterministic, stateless)."""
@@ -38,10 +58,8 @@ class Dataset:
     def size(self, split: str) -> int:
         raise NotImplementedError
 
-    #: draws fresh real examples (toy densities); None when the data is a fixed set
-    sampler: Callable[[int, torch.Generator], Tensor] | None = None
-    #: exact log-density of the true distribution in data units (toy densities); None when unknown
-    log_prob: Callable[[Tensor], Tensor] | None = None
+    #: the true distribution when it is known (toy densities): fresh samples, exact log-density, modes
+    reference: ReferenceDensity | None = None
 
 
 @dataclass
@@ -52,8 +70,8 @@ class TensorDataset(Dataset):
     train: Batch
     val: Batch
     test: Batch
-    sampler: Callable[[int, torch.Generator], Tensor] | None = None
-    log_prob: Callable[[Tensor], Tensor] | None = None
+    reference: ReferenceDensity | None = None
+    tokenizer: Any = None
 
     def __post_init__(self) -> None:
         self._perm_cache: tuple[tuple[int, int], Tensor] | None = None
@@ -79,14 +97,14 @@ class TensorDataset(Dataset):
         per_epoch = n // batch_size
         epoch, index = divmod(step, per_epoch)
         idx = self._epoch_permutation(seed, epoch)[index * batch_size : (index + 1) * batch_size]
-        return Batch(self.train.x[idx], None if self.train.y is None else self.train.y[idx])
+        return self.train[idx]
 
     def batches(self, split: str, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         data = self.split(split)
         n = len(data) if limit is None else min(limit, len(data))
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            yield Batch(data.x[start:stop], None if data.y is None else data.y[start:stop])
+            yield data[start:stop]
 
 
 def split_tensors(x: Tensor, y: Tensor | None, fractions: tuple[float, float] = (0.8, 0.1)) -> tuple[Batch, ...]:
@@ -99,7 +117,7 @@ def split_tensors(x: Tensor, y: Tensor | None, fractions: tuple[float, float] = 
     n_val = max(1, round(fractions[1] * n))
     n_train = min(n_train, n - 2)
     cuts = (perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :])
-    return tuple(Batch(x[i], None if y is None else y[i]) for i in cuts)
+    return tuple(Batch(x, y)[i] for i in cuts)
 
 
 def check_finite(x: Tensor, source: str) -> None:

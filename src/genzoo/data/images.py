@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import os
 import struct
 import urllib.error
 import urllib.request
@@ -25,7 +24,7 @@ from genzoo.contract import Batch, DataInfo, DataKind
 from genzoo.data.base import SPLIT_SEED, TensorDataset, split_tensors
 from genzoo.data.specs import DataOptions, register_loader
 from genzoo.errors import DataError
-from genzoo.io import atomic_write_bytes
+from genzoo.io import atomic_write_bytes, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +80,6 @@ MNIST_FILES = {
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://yann.lecun.com/exdb/mnist/")
 #: share of the official training file held out for validation (the official t10k file is the test split)
 MNIST_VAL_FRACTION = 0.1
-
-
-def cache_dir() -> Path:
-    """Where downloads are kept: ``$GENZOO_CACHE`` or ``~/.cache/genzoo``."""
-    return Path(os.environ.get("GENZOO_CACHE") or Path.home() / ".cache" / "genzoo").expanduser()
 
 
 def read_idx(path: Path) -> np.ndarray:

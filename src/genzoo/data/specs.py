@@ -2,37 +2,121 @@
 
 A loader module registers its prefix with :func:`register_loader`; :func:`load_dataset` dispatches on it. A spec
 without a registered prefix is read as a path to an image folder.
+
+Options follow a ``#``, comma-separated ``key=value`` pairs: ``text:input.txt#context=128,tokenizer=bpe``. They are
+parsed once, in :func:`load_dataset`, into the typed :class:`DataOptions` every loader receives; a loader says which
+of them its users may write after ``#`` (``register_loader(..., options=...)``), so ``digits#context=5`` is a
+clear error instead of an ignored option. Code can pass :class:`DataOptions` too (fine-tuning reads new text with
+the starting model's tokenizer and context): those are defaults, and what the user wrote after ``#`` wins.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 
+from genzoo.contract import DataInfo
 from genzoo.data.base import Dataset
 from genzoo.errors import DataError
+from genzoo.tokenizer import BPE_MIN_VOCAB, is_named_tokenizer
+
+#: the options of text data (``text:`` and ``jsonl:``), as written after ``#``
+TEXT_OPTIONS = ("context", "tokenizer", "vocab_size", "field")
+_INTEGERS = ("image_size", "context", "vocab_size")
 
 
-@dataclass(frozen=True)
-class DataOptions:
-    """Options that apply to some loaders: ``image_size`` resizes images to a square of that side."""
+class DataOptions(BaseModel):
+    """Options that apply to some loaders, typed and checked (every problem is a :class:`DataError` naming it).
 
-    image_size: int | None = None
+    ``image_size`` resizes images to a square of that side (``--image-size``). The others are text options, written
+    after ``#`` in a ``text:``/``jsonl:`` spec: ``context``, ``tokenizer``, ``vocab_size`` and ``field``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_size: int | None = Field(None, description="resize images to a square of this side (--image-size)")
+    context: int = Field(64, description="text: tokens in one example, the model's context (at least 2)")
+    tokenizer: str = Field("char", description="text: char, bpe, byte, hf:NAME, or a tokenizer.json / run to reuse")
+    vocab_size: int = Field(512, description=f"text: tokens of tokenizer=bpe (at least {BPE_MIN_VOCAB}, the bytes)")
+    field: str = Field("text", description="jsonl: the JSON field holding the text")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            unknown = sorted(set(values) - set(cls.model_fields))
+            if unknown:
+                raise DataError(f"unknown data option '{unknown[0]}' (known: {', '.join(cls.model_fields)})")
+        return values
+
+    @field_validator(*_INTEGERS, mode="before")
+    @classmethod
+    def _integer(cls, value: Any, info: Any) -> Any:
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise DataError(f"{_option_name(info.field_name)} must be an integer, got '{value}'") from None
+
+    @model_validator(mode="after")
+    def _ranges(self) -> DataOptions:
+        if self.image_size is not None and self.image_size < 1:
+            raise DataError(f"image size must be at least 1, got {self.image_size}")
+        if self.context < 2:
+            raise DataError(f"{_option_name('context')} must be at least 2, got {self.context}")
+        if self.tokenizer == "bpe" and self.vocab_size < BPE_MIN_VOCAB:
+            raise DataError(f"{_option_name('vocab_size')} must be at least {BPE_MIN_VOCAB} for tokenizer=bpe, got "
+                            f"{self.vocab_size} (byte-level BPE starts from one token per byte)")
+        if not self.tokenizer:
+            raise DataError(f"{_option_name('tokenizer')} is empty (use char, bpe, byte, hf:NAME or a path)")
+        return self
+
+    def merged(self, **values: Any) -> DataOptions:
+        """These options with ``values`` applied (validated again)."""
+        return DataOptions(**{**self.model_dump(exclude_unset=True), **values})
+
+
+def _option_name(key: str) -> str:
+    return f"text spec option {key}" if key in TEXT_OPTIONS else f"data option {key}"
 
 
 Loader = Callable[[str | None, DataOptions], Dataset]
-_LOADERS: dict[str, tuple[Loader, str]] = {}
 
 
-def register_loader(prefix: str, help_text: str) -> Callable[[Loader], Loader]:
-    """Decorator: ``@register_loader("csv", "csv:FILE  numeric columns as vectors")``."""
+@dataclass(frozen=True)
+class _Registered:
+    load: Loader
+    help: str
+    #: options a user may write after ``#`` for this loader
+    options: tuple[str, ...] = ()
+    #: the option a bare word after ``#`` sets (jsonl: ``#body`` is ``field=body``)
+    bare: str | None = None
+    #: whether the argument after ``prefix:`` is a file or folder (``toy:NAME`` is not)
+    path_arg: bool = True
+
+
+_LOADERS: dict[str, _Registered] = {}
+
+
+def register_loader(prefix: str, help_text: str, *, options: tuple[str, ...] = (), bare: str | None = None,
+                    path_arg: bool = True) -> Callable[[Loader], Loader]:
+    """Decorator: ``@register_loader("csv", "csv:FILE  numeric columns as vectors")``.
+
+    The loader is called as ``load(arg, options)``: ``arg`` is what follows ``prefix:`` without the ``#`` part
+    (None when there is no colon), ``options`` the typed :class:`DataOptions`. ``options`` here names the
+    :class:`DataOptions` fields users may set after ``#`` (none by default), ``bare`` the one a bare word sets, and
+    ``path_arg=False`` says the argument is a name, not a path (so :func:`absolute_spec` leaves it alone)."""
 
     def deco(fn: Loader) -> Loader:
-        _LOADERS[prefix] = (fn, help_text)
+        _LOADERS[prefix] = _Registered(fn, help_text, tuple(options), bare, path_arg)
         return fn
 
     return deco
@@ -51,24 +135,117 @@ def _ensure_loaders() -> None:
 def spec_help() -> list[str]:
     """One line per accepted spec form, for ``--help`` texts and error messages."""
     _ensure_loaders()
-    return [text for _, text in _LOADERS.values()]
+    return [entry.help for entry in _LOADERS.values()]
 
 
-def load_dataset(spec: str, image_size: int | None = None) -> Dataset:
-    """Load the dataset a spec names. Raises :class:`DataError` naming the spec/file and the problem."""
+# ----- parsing ------------------------------------------------------------------------------------------------------
+def _exists(path: str) -> bool:
+    return bool(path) and Path(path).expanduser().exists()
+
+
+def split_fragment(spec: str) -> tuple[str, str | None]:
+    """``SPEC#options`` -> (``SPEC``, ``options``), or (spec, None) without a ``#``. A ``#`` that belongs to the name of
+    an existing file or folder (``folder:my#1``) is part of the path, not the start of options."""
+    if "#" not in spec:
+        return spec, None
+    _, sep, arg = spec.partition(":")
+    if _exists(spec) or (sep and _exists(arg)):
+        return spec, None
+    body, _, fragment = spec.rpartition("#")
+    return body, fragment
+
+
+def _locate(body: str) -> tuple[str | None, str | None]:
+    """(loader prefix, argument) of a spec without its options; prefix None when it names nothing."""
+    prefix, sep, arg = body.partition(":")
+    if prefix in _LOADERS:
+        return prefix, arg if sep else None
+    if _exists(body):
+        return "folder", body
+    return None, None
+
+
+def parse_fragment(fragment: str, prefix: str, spec: str) -> dict[str, str]:
+    """The ``key=value`` pairs after ``#``, checked against the options loader ``prefix`` accepts (values stay text:
+    :class:`DataOptions` converts and checks them)."""
+    entry = _LOADERS[prefix]
+    values: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in fragment.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not entry.options:
+            raise DataError(f"data spec '{spec}': {prefix} data takes no #options (got '{key}'); options after # "
+                            "are for text data: text:FILE#context=64,tokenizer=bpe")
+        known = ", ".join(entry.options)
+        if not sep:
+            if entry.bare is None:
+                raise DataError(f"text spec option '{item}' is not key=value (known keys: {known})")
+            key, value = entry.bare, item
+        if key not in entry.options:
+            raise DataError(f"unknown text spec option '{key}' (known: {known})")
+        values[key] = value.strip()
+    return values
+
+
+def load_dataset(spec: str, image_size: int | None = None, options: DataOptions | None = None) -> Dataset:
+    """Load the dataset a spec names. Raises :class:`DataError` naming the spec/file and the problem.
+
+    ``options`` (and ``image_size``) given by code are defaults: the options the spec itself sets after ``#`` win.
+    ``dataset.info.spec`` is ``spec`` exactly as given."""
     _ensure_loaders()
     if not spec or not spec.strip():
         raise DataError("empty data spec; try one of: " + "; ".join(spec_help()))
-    options = DataOptions(image_size=image_size)
-    prefix, sep, arg = spec.partition(":")
-    if prefix in _LOADERS:
-        dataset = _LOADERS[prefix][0](arg if sep else None, options)
-    elif Path(spec).expanduser().exists():
-        dataset = _LOADERS["folder"][0](spec, options)
-    else:
+    body, fragment = split_fragment(spec)
+    prefix, arg = _locate(body)
+    if prefix is None:
         raise DataError(f"data spec '{spec}' names nothing: no such file or folder, and not one of: "
                         + "; ".join(spec_help()))
-    return _with_spec(dataset, spec, image_size)
+    written = parse_fragment(fragment, prefix, spec) if fragment else {}
+    base = options or DataOptions()
+    if image_size is not None:
+        base = base.merged(image_size=image_size)
+    typed = base.merged(**written)
+    dataset = _LOADERS[prefix].load(arg, typed)
+    return _with_spec(dataset, spec, typed.image_size)
+
+
+def recorded_options(info: DataInfo) -> DataOptions | None:
+    """The options a dataset was read with, as its ``DataInfo`` records them (text data: context, tokenizer, vocab
+    size, field; None for other data). ``load_dataset(info.spec, options=recorded_options(info))`` reads the same
+    tokens again, e.g. when a fine-tuned run (whose spec does not name the tokenizer it inherited) resumes."""
+    recorded = info.extra.get("options")
+    return DataOptions(**recorded) if isinstance(recorded, dict) else None
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with every relative path in it made absolute, so that it names the same data from any directory
+    (what a run's ``config.json`` stores for ``--resume`` and ``eval``).
+
+    Paths are the argument after ``prefix:`` (``text:input.txt``, ``mnist:data/mnist``), a bare folder and a
+    ``tokenizer=PATH`` option naming an existing file or folder; names are left alone (``digits``, ``toy:moons``,
+    ``mnist``, ``tokenizer=char|bpe|byte|hf:NAME``), as is a path that does not exist (it would not load anyway).
+    """
+    _ensure_loaders()
+    body, fragment = split_fragment(spec)
+    prefix, sep, arg = body.partition(":")
+    if prefix in _LOADERS:
+        if sep and _LOADERS[prefix].path_arg and _exists(arg):
+            body = f"{prefix}:{_absolute(arg)}"
+    elif _exists(body):
+        body = _absolute(body)
+    if fragment is None:
+        return body
+    items = fragment.split(",")
+    for i, item in enumerate(items):
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "tokenizer" and not is_named_tokenizer(value.strip()) and _exists(value.strip()):
+            items[i] = f"{key}={_absolute(value.strip())}"
+    return f"{body}#{','.join(items)}"
+
+
+def _absolute(path: str) -> str:
+    """Absolute and normalised (``..`` removed), without resolving symbolic links."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def read_examples(source: str | Path, *, finite: bool = True) -> Tensor:
@@ -85,8 +262,6 @@ def read_examples(source: str | Path, *, finite: bool = True) -> Tensor:
 
 
 def _with_spec(dataset: Dataset, spec: str, image_size: int | None) -> Dataset:
-    from dataclasses import replace
-
     extra = dict(dataset.info.extra)
     if image_size:
         extra["image_size"] = image_size

@@ -1,7 +1,8 @@
 """Toy 2-D densities, generated on the fly: ``toy:moons``, ``toy:8gaussians``, ``toy:checkerboard``, ``toy:spirals``.
 
-Each is defined so that its density is known exactly: the dataset carries ``sampler(n, generator)`` (fresh real
-samples for metrics) and ``log_prob(x)`` (the true log-density, to compare models' likelihoods with the truth).
+Each is defined so that its density is known exactly: the dataset's ``reference`` has ``sample(n, generator)``
+(fresh real samples for metrics), ``log_prob(x)`` (the true log-density, to compare models' likelihoods with the
+truth) and ``modes()`` (the centres of few-mode mixtures, to count modes hit).
 
 * ``8gaussians``: p(x) = 1/8 sum_k N(x; 2 (cos k pi/4, sin k pi/4), 0.2^2 I) -- radius 2, std 0.2.
 * ``checkerboard``: uniform on the 8 dark unit squares of a 4x4 board covering [-2, 2)^2 (squares whose lower-left
@@ -31,6 +32,7 @@ from genzoo.errors import DataError
 
 POOL_SIZE = 20_000
 POOL_SEED = 20_260_202
+MAX_MODES = 25  # mixtures with at most this many components are scored by modes hit (8gaussians)
 _CHUNK = 4096  # points per block when evaluating a mixture (bounds memory to CHUNK x components)
 
 
@@ -45,6 +47,10 @@ class GaussianMixture2D:
         k = torch.randint(len(self.centers), (n,), generator=generator)
         noise = torch.randn(n, 2, generator=generator, dtype=torch.float64)
         return (self.centers[k] + self.std * noise).float()
+
+    def modes(self) -> tuple[Tensor, float] | None:
+        """The centres, with a hit radius of 3 std, when there are few enough to count (8gaussians)."""
+        return (self.centers, 3.0 * self.std) if len(self.centers) <= MAX_MODES else None
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log p(x) = logsumexp_k(-|x - c_k|^2 / 2 s^2) - log K - log(2 pi s^2), computed in float64."""
@@ -68,6 +74,9 @@ class Checkerboard:
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         k = torch.randint(len(self.corners), (n,), generator=generator)
         return (self.corners[k] + torch.rand(n, 2, generator=generator, dtype=torch.float64)).float()
+
+    def modes(self) -> tuple[Tensor, float] | None:
+        return None  # a continuum, not modes
 
     def log_prob(self, x: Tensor) -> Tensor:
         cell = torch.floor(x.detach().to("cpu", torch.float64))
@@ -104,11 +113,12 @@ TOYS: dict[str, Callable[[], GaussianMixture2D | Checkerboard]] = {
 }
 
 
-@register_loader("toy", "toy:NAME  2-D density with exact log-density and sampler: " + ", ".join(TOYS))
+@register_loader("toy", "toy:NAME  2-D density with exact log-density and sampler: " + ", ".join(TOYS),
+                 path_arg=False)
 def load_toy(arg: str | None, options: DataOptions) -> TensorDataset:
     if arg not in TOYS:
         given = "'toy' needs a name" if not arg else f"unknown toy density 'toy:{arg}'"
         raise DataError(f"{given}; use one of " + ", ".join(f"toy:{name}" for name in TOYS))
     density = TOYS[arg]()
     pool = density.sample(POOL_SIZE, torch.Generator().manual_seed(POOL_SEED))
-    return vector_dataset(pool, None, f"toy:{arg}", sampler=density.sample, log_prob=density.log_prob)
+    return vector_dataset(pool, None, f"toy:{arg}", reference=density)

@@ -4,10 +4,11 @@
 ``compare_sets(real, fake)`` scores two sets of examples with no model involved.
 """
 
-from genzoo.eval.features import FeatureSpace, cache_dir, feature_space
+from genzoo.eval.features import FeatureSpace, feature_space
 from genzoo.eval.protocol import PROTOCOL, Protocol, compare_sets, score_features
 from genzoo.eval.report import check_comparable, table
 from genzoo.eval.runner import evaluate
+from genzoo.io import cache_dir
 
 __all__ = ["PROTOCOL", "FeatureSpace", "Protocol", "cache_dir", "check_comparable", "compare_sets", "evaluate",
            "feature_space", "score_features", "table"]

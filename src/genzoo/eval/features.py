@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +25,7 @@ from torch import Tensor, nn
 from genzoo.contract import Batch, DataInfo, DataKind
 from genzoo.data.base import Dataset, TensorDataset
 from genzoo.errors import GenzooError
-from genzoo.io import load_tensors, save_tensors, write_json
+from genzoo.io import cache_dir, load_tensors, save_tensors, write_json
 from genzoo.nn import ConvDecoder, ConvEncoder
 
 #: bump when the recipe below changes (part of every hash)
@@ -39,11 +37,6 @@ EPOCHS, MIN_STEPS, MAX_STEPS = 10, 200, 2000
 LR = 1e-3
 SEED = 0
 _ENCODE_BATCH = 1024
-
-
-def cache_dir() -> Path:
-    """Root of genzoo's caches: ``$GENZOO_CACHE`` or ``~/.cache/genzoo``."""
-    return Path(os.environ.get("GENZOO_CACHE") or Path.home() / ".cache" / "genzoo").expanduser()
 
 
 class FeatureNet(nn.Module):

@@ -14,7 +14,7 @@ from rich.table import Table
 from torch import Tensor
 
 from genzoo.errors import GenzooError
-from genzoo.io import atomic_path, atomic_write_text, save_image_grid, save_samples
+from genzoo.io import atomic_path, atomic_write_text, save_image_grid, save_scatter
 
 # how an NLL relates to the truth, from the kind of the log-likelihood it came from
 NLL_MARK = {"exact": "", "lower_bound": "≤ ", "upper_bound": "≥ ", "estimate": "≈ "}
@@ -194,8 +194,11 @@ def write_report(folder: Path, result: dict[str, Any], samples: Tensor,
     """``folder/index.html`` with the table and PNGs; returns the HTML path."""
     folder.mkdir(parents=True, exist_ok=True)
     figures = []
-    if len(samples) and (samples.dim() == 4 or (samples.dim() == 2 and samples.shape[1] >= 2)):
-        save_samples(folder / "samples.png", samples[:64])
+    if len(samples) and samples.dim() == 4:
+        save_image_grid(folder / "samples.png", samples[:64])
+        figures.append(("samples.png", "First 64 samples"))
+    elif len(samples) and samples.dim() == 2 and samples.shape[1] >= 2:
+        save_scatter(folder / "samples.png", samples[:64, :2], title="samples")
         figures.append(("samples.png", "First 64 samples"))
     if _class_histogram(folder / "classes.png", result):
         figures.append(("classes.png", "Predicted classes: real held-out vs samples"))

@@ -11,29 +11,28 @@ sample-based scores.
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-import genzoo
+from genzoo._version import __version__
 from genzoo.contract import Batch, Capability, DataKind, GenerativeModel, LogLikelihood
 from genzoo.data.base import Dataset
-from genzoo.data.specs import load_dataset
+from genzoo.data.specs import DataOptions, load_dataset
 from genzoo.errors import GenzooError
 from genzoo.eval.features import feature_space
 from genzoo.eval.protocol import PROTOCOL, Protocol, reference_warning, score_features, split_finite
 from genzoo.io import write_json
 from genzoo.metrics import dequantize, likelihood_summary, memorization, modes_hit, to_discrete
 from genzoo.metrics.text import generation_speed, text_metrics
-from genzoo.runs import read_config
+from genzoo.runs import RunDir, load, pretrained_class
+from genzoo.tokenizer import is_named_tokenizer
 
 #: seed of the fixed real subset (independent of the evaluation seed, so every run meets the same real set)
 REAL_SEED = 20260303
-_MODE_MAX = 25  # toy mixtures with at most this many components count modes (8gaussians); others are continuous
 
 
 def _split(dataset: Dataset, *names: str) -> Batch:
@@ -49,22 +48,22 @@ def _resolve(run_or_model: str | Path | GenerativeModel, data: str | Dataset | N
     run, config = None, None
     if isinstance(run_or_model, GenerativeModel):
         model = run_or_model
-    elif str(run_or_model).startswith("hf:"):
-        model = genzoo.load(str(run_or_model))
+    elif pretrained_class(run_or_model) is not None:  # a pretrained source (hf:NAME): no data of its own
+        model = load(run_or_model)
     else:
         run = Path(run_or_model)
-        config = read_config(run)
-        model = genzoo.load(run)
+        config = RunDir(run).config
+        model = load(run)
     if isinstance(data, Dataset):
         dataset = data
     else:
-        spec = data or (config["data"]["spec"] if config else model.data.spec)
-        if not spec or (data is None and spec.startswith("hf:")):
+        own = config["data"]["spec"] if config else model.data.spec if run_or_model is model else None
+        spec = data or own
+        if not spec:
             raise GenzooError(f"'{model.name}' does not record the data it was trained on: name the data to score "
                               "it on (data='text:FILE', --data on the command line)")
-        if data is not None and model.data.kind is DataKind.TOKENS:
-            spec = _with_model_tokenizer(spec, model, run)
-        dataset = load_dataset(spec, image_size=(config or {}).get("data", {}).get("image_size"))
+        options = _with_model_tokenizer(model, run) if model.data.kind is DataKind.TOKENS else None
+        dataset = load_dataset(spec, image_size=(config or {}).get("data", {}).get("image_size"), options=options)
     if tuple(dataset.info.shape) != tuple(model.data.shape):
         raise GenzooError(f"model '{model.name}' makes examples of shape {tuple(model.data.shape)} but data "
                           f"'{dataset.info.spec}' has shape {tuple(dataset.info.shape)}")
@@ -74,13 +73,14 @@ def _resolve(run_or_model: str | Path | GenerativeModel, data: str | Dataset | N
     return model, run, config, dataset
 
 
-def _with_model_tokenizer(spec: str, model: GenerativeModel, run: Path | None) -> str:
-    """Other text is read with the model's own tokenizer and context, so that token ids mean the same."""
-    from genzoo.finetune import with_text_options
-
+def _with_model_tokenizer(model: GenerativeModel, run: Path | None) -> DataOptions:
+    """Text is read with the model's own tokenizer and context, so that token ids mean the same: the
+    :class:`~genzoo.data.specs.DataOptions` to load it with, as defaults (the spec's own ``#options`` still win).
+    A run's tokenizer is its ``tokenizer.json``."""
     source = (model.data.extra.get("tokenizer") or {}).get("source", "")
-    tokenizer = str(run) if run is not None else source if source.startswith("hf:") else None
-    return with_text_options(spec, tokenizer=tokenizer, context=model.data.shape[0])
+    tokenizer = str(run) if run is not None else source if is_named_tokenizer(source) else None
+    text = {"context": model.data.shape[0]} | ({"tokenizer": tokenizer} if tokenizer else {})
+    return DataOptions(**text)
 
 
 def draw_samples(model: GenerativeModel, n: int, seed: int, batch: int, labels: Tensor | None,
@@ -92,28 +92,6 @@ def draw_samples(model: GenerativeModel, n: int, seed: int, batch: int, labels: 
         chunk = None if labels is None else labels[i : i + batch]
         parts.append(model.sample(min(batch, n - i), generator=generator, labels=chunk, **options).cpu())
     return torch.cat(parts).float(), n / max(time.perf_counter() - start, 1e-9)
-
-
-def count_nfe(model: GenerativeModel, labels: Tensor | None, **options: Any) -> int | None:
-    """Network evaluations per sample: ``model.nfe_per_sample`` (a number, or a method given the sampling options)
-    if the model declares it, else the largest number of forward calls any of its top-level modules makes while
-    drawing one small batch (None if none is called)."""
-    declared = getattr(model, "nfe_per_sample", None)
-    if callable(declared):  # a method taking (some of) the sampling options
-        params = inspect.signature(declared).parameters
-        any_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        return int(declared(**{k: v for k, v in options.items() if any_kw or k in params}))
-    if declared is not None:
-        return int(declared)
-    counts: dict[int, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, *_: counts.__setitem__(id(mod), counts.get(id(mod), 0) + 1))
-             for m in [model, *model.children()] if isinstance(m, nn.Module)]
-    try:
-        model.sample(2, seed=0, labels=None if labels is None else labels[:2], **options)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return max(counts.values()) if counts else None
 
 
 def model_likelihood(model: GenerativeModel, test: Batch, seed: int, batch: int = 256) -> dict[str, Any] | None:
@@ -139,25 +117,10 @@ def model_likelihood(model: GenerativeModel, test: Batch, seed: int, batch: int 
     return likelihood_summary(ll, info.dims)
 
 
-def _toy_modes(dataset: Dataset) -> tuple[Tensor, float] | None:
-    spec = dataset.info.spec
-    if not spec.startswith("toy:"):
-        return None
-    from genzoo.data.toy import TOYS, GaussianMixture2D
-
-    density = TOYS.get(spec.split(":", 1)[1])
-    density = density() if density else None
-    if isinstance(density, GaussianMixture2D) and len(density.centers) <= _MODE_MAX:
-        return density.centers, 3.0 * density.std
-    return None
-
-
 def _training_throughput(run: Path | None, config: dict[str, Any] | None) -> dict[str, float | None]:
-    from genzoo.training.logging import read_metrics
-
     if run is None:
         return {"train_steps_per_s": None, "train_examples_per_s": None}
-    rates = [r["steps_per_s"] for r in read_metrics(run) if r.get("split") == "train" and "steps_per_s" in r]
+    rates = [r["steps_per_s"] for r in RunDir(run).metrics() if r.get("split") == "train" and "steps_per_s" in r]
     steps_per_s = rates[-1] if rates else None
     batch = (config or {}).get("train", {}).get("batch_size")
     return {"train_steps_per_s": steps_per_s,
@@ -234,7 +197,7 @@ def _evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None, seed
     if scored and nonfinite and len(samples) < protocol.min_examples:
         raise GenzooError(f"{nonfinite} of {n} samples have NaN/Inf values; only {len(samples)} finite samples are "
                           f"left and the metrics need at least {protocol.min_examples}")
-    cost = {"parameters": model.num_parameters(), "nfe_per_sample": count_nfe(model, labels, **options),
+    cost = {"parameters": model.num_parameters(), "nfe_per_sample": model.cost(**options).nfe_per_sample,
             "samples_per_s": samples_per_s, **_training_throughput(run, config)}
 
     rows: dict[str, dict[str, Any]] = {"reference": {}, "model": {}}
@@ -245,7 +208,7 @@ def _evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None, seed
         train_f = space.features(train.x)
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(REAL_SEED))[: protocol.n_real_max]
         real_f, held_f = train_f[perm], space.features(held.x)
-        modes = _toy_modes(dataset)
+        modes = dataset.reference.modes() if dataset.reference is not None else None
         for name, x in (("reference", held.x[:n]), ("model", samples)):
             feats = held_f[:n] if name == "reference" else space.features(x)
             row = score_features(real_f, feats, space, seed=seed, protocol=protocol, class_reference=train.y,
@@ -259,19 +222,19 @@ def _evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None, seed
         offenders = (samples[worst], train.x[mem.neighbours[worst]])
     rows["model"]["nonfinite_samples"] = nonfinite
     stage("likelihood of the test split")
-    rows["model"]["likelihood"] = model_likelihood(model, _cap(test, protocol.likelihood_max), seed)
-    rows["reference"]["likelihood"] = _true_likelihood(dataset, _cap(test, protocol.likelihood_max))
+    rows["model"]["likelihood"] = model_likelihood(model, test[: protocol.likelihood_max], seed)
+    rows["reference"]["likelihood"] = _true_likelihood(dataset, test[: protocol.likelihood_max])
     rows["model"]["cost"] = cost
     if info.kind is DataKind.TOKENS and Capability.GENERATE_TEXT in model.capabilities:
         rows["model"]["text"] = language_metrics(model, dataset, protocol)
     warning = reference_warning(min(n, len(held)), n) if scored else None
 
     result: dict[str, Any] = {
-        "genzoo_version": genzoo.__version__,
+        "genzoo_version": __version__,
         "run": None if run is None else str(run),
         "model": model.name,
         "family": model.family,
-        "checkpoint": getattr(model, "provenance", None),
+        "checkpoint": model.provenance,
         "data": {"spec": info.spec, "kind": info.kind.value, "shape": list(info.shape), "levels": info.levels},
         "protocol": {**protocol.to_json(), "n": n, "seed": seed, "sample_options": options,
                      "n_real": min(len(train), protocol.n_real_max), "n_heldout": len(held),
@@ -303,13 +266,9 @@ def language_metrics(model: GenerativeModel, dataset: Dataset, protocol: Protoco
     return out
 
 
-def _cap(batch: Batch, limit: int) -> Batch:
-    return Batch(batch.x[:limit], None if batch.y is None else batch.y[:limit])
-
-
 def _true_likelihood(dataset: Dataset, test: Batch) -> dict[str, Any] | None:
     """Exact NLL of the true density on the test split when the dataset knows it (toy densities)."""
-    if dataset.log_prob is None:
+    if dataset.reference is None:
         return None
-    ll = LogLikelihood(dataset.log_prob(test.x), "exact", False, "true density")
+    ll = LogLikelihood(dataset.reference.log_prob(test.x), "exact", False, "true density")
     return likelihood_summary(ll, dataset.info.dims)

@@ -2,6 +2,8 @@
 
 theta_ema <- d * theta_ema + (1 - d) * theta, with d = min(decay, (1 + t) / (10 + t)) so that early averages are
 not dominated by the random initialisation. Buffers (e.g. BatchNorm statistics) are taken from the live model.
+Only the parameters of the model's ``ema_targets()`` are averaged (a GAN's generator, not its discriminator); the
+others are saved as they are.
 """
 
 from __future__ import annotations
@@ -12,25 +14,27 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from genzoo.training.checkpoint import weight_tensors
+from genzoo.runs.checkpoint import weight_tensors
 
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: nn.Module, decay: float, targets: list[nn.Module] | None = None) -> None:
         self.model = model
         self.decay = decay
-        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters()}
+        averaged = {id(p) for target in (targets or [model]) for p in target.parameters()}
+        self.params = {k: p for k, p in model.named_parameters() if id(p) in averaged}
+        self.shadow = {k: p.detach().clone() for k, p in self.params.items()}
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for key, param in self.model.named_parameters():
+        for key, param in self.params.items():
             self.shadow[key].lerp_(param.detach(), 1.0 - d)
 
     @contextmanager
     def applied(self) -> Iterator[None]:
         """Temporarily put the EMA parameters into the model."""
-        params = dict(self.model.named_parameters())
+        params = self.params
         backup = {k: p.detach().clone() for k, p in params.items()}
         with torch.no_grad():
             for key, param in params.items():

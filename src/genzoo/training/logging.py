@@ -41,20 +41,6 @@ def _tensorboard_writer(directory: Path) -> Any:
     return SummaryWriter(str(directory))
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All records of a run's ``metrics.jsonl`` (a torn last line from a crash is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 class ProgressBar:
     """A progress bar over steps (``--steps``) or seconds (``--budget``) showing loss, steps/s and ETA."""
 

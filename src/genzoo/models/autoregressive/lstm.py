@@ -57,3 +57,11 @@ class LSTM(TokenSequenceModel):
     def extend(self, token: Tensor, state: Any) -> tuple[Tensor, Any]:
         logits, state = self._run(token[:, None], state)
         return logits[:, -1], state
+
+    def token_flops(self, position: int) -> float:
+        """Forward FLOPs of one token (the same at every position): per layer, 4 (LSTM) or 3 (GRU) gates of
+        2 * width * (input + width), then the output layer's 2 * width * V."""
+        c = self.config
+        gates = 4 if c.cell == "lstm" else 3
+        inputs = [c.embed_dim] + [c.width] * (c.layers - 1)
+        return float(sum(2 * gates * c.width * (d + c.width) for d in inputs) + 2 * c.width * self.vocab_out)

@@ -23,6 +23,7 @@ from torch import Tensor
 from genzoo.contract import (
     Batch,
     Capability,
+    Cost,
     DataInfo,
     DataKind,
     GenerativeModel,
@@ -30,19 +31,23 @@ from genzoo.contract import (
     ModelConfig,
     Optimizers,
 )
-from genzoo.data.text import TextCodec, find_tokenizer, load_tokenizer, tokenizer_key
 from genzoo.errors import ConfigError, GenzooError, RunDirError
-from genzoo.generation import TextGenerationMixin, generate_tokens, generation_config
-
-SAMPLE_OPTIONS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "use_cache")
+from genzoo.generation import GenerationConfig, TextGenerationMixin, TokenSampling, generate_tokens
+from genzoo.tokenizer import Tokenizer, load_tokenizer
 
 
 class TokenSequenceModel(TextGenerationMixin, GenerativeModel):
-    """Base of ``gpt`` and ``lstm``: an exact autoregressive likelihood over token or pixel sequences."""
+    """Base of ``gpt``, ``lstm`` and ``hf``: an exact autoregressive likelihood over token or pixel sequences.
+
+    On token data the model reads and writes text through the dataset's tokenizer, handed over with
+    :meth:`use_tokenizer` (``build_model(..., tokenizer=dataset.tokenizer)``) or read from a run's
+    ``tokenizer.json`` (:meth:`load_assets`); without one it still samples ids and scores them, but does not
+    generate text (no ``generate_text`` capability).
+    """
 
     data_kinds = frozenset({DataKind.TOKENS, DataKind.IMAGE})
     base_capabilities = frozenset({Capability.SAMPLE, Capability.EXACT_LIKELIHOOD, Capability.GENERATE_TEXT})
-    sample_options = SAMPLE_OPTIONS
+    SampleOptions: ClassVar[type[TokenSampling]] = TokenSampling
     train_defaults: ClassVar[dict[str, Any]] = {"batch_size": 16, "warmup_steps": 100, "grad_clip": 1.0}
 
     def __init__(self, config: ModelConfig, data: DataInfo) -> None:
@@ -55,15 +60,32 @@ class TokenSequenceModel(TextGenerationMixin, GenerativeModel):
         self.seq_len = data.dims
         #: longest input the network reads (positions); None for recurrent models
         self.max_positions: int | None = None
-        found = find_tokenizer(data) if data.kind is DataKind.TOKENS else None
-        self.codec: TextCodec | None = TextCodec(found) if found is not None else None
+        self.tokenizer: Tokenizer | None = None
 
     @property
     def capabilities(self) -> frozenset[Capability]:
         caps = set(super().capabilities)
-        if self.data.kind is not DataKind.TOKENS:
+        if self.data.kind is not DataKind.TOKENS or not self.reads_text:
             caps.discard(Capability.GENERATE_TEXT)
         return frozenset(caps)
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the model has a tokenizer to turn prompts into ids and ids into text."""
+        return self.tokenizer is not None
+
+    def use_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Take the tokenizer of the dataset the model is built for; it must be the one that made the data's ids."""
+        if self.data.kind is not DataKind.TOKENS:
+            raise ConfigError(f"model '{self.name}' is built for {self.data.kind.value} data, which has no tokenizer")
+        if tokenizer.vocab_size > (self.data.levels or 0):
+            raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but the data only {self.data.levels} "
+                              "token ids: it is not the tokenizer of this data")
+        expected = (self.data.extra.get("tokenizer") or {}).get("sha256")
+        if expected and tokenizer.sha256 != expected:
+            raise ConfigError(f"the tokenizer ({tokenizer.source or 'unnamed'}) is not the one the data was tokenised "
+                              f"with (SHA-256 {tokenizer.sha256[:12]}, the data's {expected[:12]})")
+        self.tokenizer = tokenizer
 
     # ----- data <-> ids ----------------------------------------------------------------------------------------
     def to_ids(self, x: Tensor) -> Tensor:
@@ -129,46 +151,69 @@ class TokenSequenceModel(TextGenerationMixin, GenerativeModel):
     def extend(self, token: Tensor, state: Any) -> tuple[Tensor, Any]:
         raise NotImplementedError
 
-    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, **options: Any) -> Tensor:
-        cfg = generation_config(max_new_tokens=self.seq_len, **options)
+    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, options: TokenSampling) -> Tensor:
+        cfg = GenerationConfig(**options.model_dump(), max_new_tokens=self.seq_len)
         start = torch.full((n, 1), self.bos, dtype=torch.long, device=self.device)
         ids = torch.stack(list(generate_tokens(self, start, cfg, generator, self.vocab_out)), dim=1)
         return self.from_ids(ids)
 
+    # ----- cost ------------------------------------------------------------------------------------------------
+    def token_flops(self, position: int) -> float | None:
+        """Forward FLOPs of one token at ``position`` (0 = BOS) with the cache; None when unknown."""
+        return None
+
+    def train_flops_per_example(self) -> float | None:
+        """Training FLOPs (forward + backward = 3x forward) of one example; None when unknown."""
+        per = [self.token_flops(p) for p in range(self.seq_len)]
+        return None if any(f is None for f in per) else 3.0 * sum(per)
+
+    def cost(self, **options: Any) -> Cost:
+        """One network call per generated token (a sample is ``seq_len`` tokens after BOS). FLOPs: with the cache
+        each token is read once; without it step s re-reads all s + 1 positions so far."""
+        typed = self.sample_options(**options)
+        per = [self.token_flops(p) for p in range(self.seq_len)]
+        flops = None
+        if all(f is not None for f in per):
+            flops = float(sum(per)) if typed.use_cache else float(sum(sum(per[: s + 1]) for s in range(len(per))))
+        return Cost(nfe_per_sample=self.seq_len, flops_per_sample=flops,
+                    train_flops_per_example=self.train_flops_per_example())
+
     # ----- text ------------------------------------------------------------------------------------------------
-    def _codec(self) -> TextCodec:
-        if self.codec is None:
-            raise GenzooError(f"this '{self.name}' model has no tokenizer: it was trained on "
-                              f"{self.data.kind.value} data, or its run directory lacks tokenizer.json")
-        return self.codec
+    def _tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            if self.data.kind is not DataKind.TOKENS:
+                raise GenzooError(f"this '{self.name}' model was trained on {self.data.kind.value} data: it has no "
+                                  "tokenizer and does not read or write text")
+            raise GenzooError(f"this '{self.name}' model has no tokenizer, so it cannot read or write text: build it "
+                              "with its dataset's (genzoo.create(name, dataset), or build_model(..., "
+                              "tokenizer=dataset.tokenizer)), or load a run directory that has its tokenizer.json")
+        return self.tokenizer
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        return [self.bos, *self._codec().encode(prompt)]
+        return [self.bos, *self._tokenizer().encode(prompt)]
 
-    def decode(self, ids: list[int]) -> str:
-        return self._codec().decode(ids)
+    def decode_tokens(self, ids: list[int]) -> str:
+        """Token ids -> text (the tokenizer's decoding)."""
+        return self._tokenizer().decode(ids)
 
     @property
     def eos_ids(self) -> frozenset[int]:
         """Token ids that end a completion: none, our tokenizers have no end-of-text token."""
         return frozenset()
 
-    def preview_text(self, generator: torch.Generator) -> str:
-        """A 300-token completion of the empty prompt at temperature 0.8 (the trainer's sample preview)."""
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        text = self.generate("", max_new_tokens=300, temperature=0.8, seed=seed)
-        return text if isinstance(text, str) else text[0]
-
     def save_assets(self, directory: Path) -> None:
-        if self.codec is not None:
-            self.codec.tokenizer.save(str(Path(directory) / "tokenizer.json"))
+        if self.tokenizer is not None:
+            self.tokenizer.save(Path(directory) / "tokenizer.json")
 
     def load_assets(self, directory: Path) -> None:
         path = Path(directory) / "tokenizer.json"
         if self.data.kind is not DataKind.TOKENS or not path.is_file():
             return
         tok = load_tokenizer(path)
-        expected = self.data.extra.get("tokenizer", {}).get("sha256")
-        if expected and tokenizer_key(tok) != expected:
+        expected = (self.data.extra.get("tokenizer") or {}).get("sha256")
+        if expected and tok.sha256 != expected:
             raise RunDirError(f"{path}: tokenizer does not match the one the run was trained with")
-        self.codec = TextCodec(tok)
+        if tok.vocab_size > (self.data.levels or 0):
+            raise RunDirError(f"{path}: the tokenizer has {tok.vocab_size} tokens but the run's data only "
+                              f"{self.data.levels}")
+        self.tokenizer = tok

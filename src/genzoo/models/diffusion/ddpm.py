@@ -2,7 +2,8 @@
 
 Forward process: x_t = alpha_t x_0 + sigma_t eps over T discrete steps (``schedules``). A network f(x_t, t, y)
 (a U-Net for images, a residual MLP for vectors) predicts eps or v = alpha_t eps - sigma_t x_0 and is trained
-with the "simple" loss E_{t, eps} ||f(x_t, t, y) - target||^2, t uniform. Every sampler (``samplers``) sees it
+with the "simple" loss E_{t, eps} ||f(x_t, t, y) - target||^2, t uniform. Every sampler (``samplers``: ``dpm``,
+the default, ``ddim`` and ``ancestral``, alias ``ddpm``; chosen with the :class:`DDPMSampleOptions`) sees it
 through the denoiser D(x_t, t) = x^_0, clipped to [-1, 1] for images.
 
 Class conditioning and classifier-free guidance (Ho & Salimans, 2021): during training the label is replaced by
@@ -11,13 +12,15 @@ f~ = f(x, t, null) + w (f(x, t, y) - f(x, t, null)): w = 0 is the unconditional 
 w > 1 trades diversity for fidelity to the class (two network evaluations per step).
 
 Editing: inpainting/outpainting keeps the known pixels by re-imposing their forward sample after every step
-(RePaint, with optional resampling) and copies them exactly into the result; image-to-image (SDEdit, Meng et al.,
-2022) noises the input to step strength * (T - 1) and denoises from there.
+(RePaint, with optional resampling: the ``Known`` and ``Resample`` callbacks of the sampling loop) and copies them
+exactly into the result; image-to-image (SDEdit, Meng et al., 2022) noises the input to step strength * (T - 1)
+and denoises from there.
 
 Likelihood: the variational bound (Ho et al., 2020, eq. 5) of the K-step ancestral sampler on a grid
 t_0 > ... > t_{K-1} = 0, whose reverse steps are p(x_s | x_t) = N(mean of q(x_s | x_t, x_0 = D(x_t, t)), v_t)
-with v_t from ``samplers.reverse_variances`` (the model sampled with ``sampler="ddpm", steps=K`` is exactly the
-model whose log-likelihood it bounds; K = T is the usual bound, and the variance keeps K ~ 100 nearly as tight):
+with v_t from ``samplers.reverse_variances`` (the model sampled with ``sampler="ancestral", steps=K``, alias
+``sampler="ddpm"``, is exactly the model whose log-likelihood it bounds; K = T is the usual bound, and the variance
+keeps K ~ 100 nearly as tight):
 
     -log p(x_0) <= KL(q(x_{t_0} | x_0) || N(0, I))
                    + sum_i E_q KL(q(x_{t_{i+1}} | x_{t_i}, x_0) || p(x_{t_{i+1}} | x_{t_i}))
@@ -30,26 +33,42 @@ for continuous data). One noise draw per term, from a fixed seed.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 from torch.special import log_ndtr
 
 from genzoo.contract import (
     Batch,
     Capability,
+    Cost,
     DataInfo,
     DataKind,
     GenerativeModel,
     LogLikelihood,
     ModelConfig,
     Optimizers,
+    SampleOptions,
+    eval_mode,
 )
 from genzoo.errors import GenzooError
-from genzoo.models.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, SPACING, Denoiser, Known, reverse_variances, solve
+from genzoo.models.diffusion.samplers import (
+    Ancestral,
+    Callback,
+    Denoiser,
+    Known,
+    Resample,
+    Sampler,
+    SamplerName,
+    denoiser_calls,
+    make_sampler,
+    reverse_variances,
+    sample_loop,
+    sampler_class,
+)
 from genzoo.models.diffusion.schedules import Prediction, Schedule, ScheduleName
 from genzoo.nn.unet import ResidualMLP, UNet
 from genzoo.registry import register
@@ -72,9 +91,35 @@ class DDPMConfig(ModelConfig):
     bound_steps: int = Field(100, ge=1)  # K of the variational bound reported by log_likelihood
 
 
+class DDPMSampleOptions(SampleOptions):
+    """How ``ddpm`` samples (``model.sample(n, **options)``, ``genzoo sample RUN --sampler dpm --steps 20``)."""
+
+    sampler: SamplerName = Field("dpm", description="dpm (DPM-Solver++ 2M, 20 steps), ddim (50 steps) or ancestral "
+                                 "(alias ddpm; every step of the schedule). Editing defaults: ancestral on 100 "
+                                 "steps to inpaint, dpm for image-to-image")
+    steps: int | None = Field(None, ge=1, description="Network-evaluation steps over the full noise range "
+                              "(default: the sampler's own)")
+    eta: float | None = Field(None, ge=0, allow_inf_nan=False, description="Noise of the ddim (default 0: "
+                              "deterministic) and ancestral (default 1) samplers; not for dpm")
+    guidance: float | None = Field(None, allow_inf_nan=False, description="Classifier-free guidance scale w "
+                                   "(needs a class label; 0 = unconditional, 1 = conditional, > 1 follows the class "
+                                   "more closely; doubles the network evaluations)")
+
+    @field_validator("eta")
+    @classmethod
+    def _eta_applies(cls, eta: float | None, info: ValidationInfo) -> float | None:
+        if "sampler" in info.data:  # else the sampler itself is the error
+            try:
+                make_sampler(info.data["sampler"], eta)
+            except GenzooError as err:
+                raise ValueError(str(err)) from None
+        return eta
+
+
 @register
 class DDPM(GenerativeModel):
-    """Diffusion model (DDPM/DDIM/DPM-Solver++ sampling, classifier-free guidance, inpainting, SDEdit)."""
+    """Diffusion model: samplers ``dpm`` (DPM-Solver++ 2M, the default), ``ddim`` and ``ancestral`` (alias ``ddpm``),
+    classifier-free guidance, inpainting (RePaint), image-to-image (SDEdit) and a variational bound."""
 
     name = "ddpm"
     family = "diffusion"
@@ -85,7 +130,7 @@ class DDPM(GenerativeModel):
     smoke_config: ClassVar[dict[str, Any]] = {"timesteps": 50, "width": 8, "channel_mult": [1, 2], "mlp_width": 32,
                                               "mlp_depth": 1, "bound_steps": 5}
     smoke_overfit_steps: ClassVar[int] = 30
-    sample_options = ("sampler", "steps", "eta", "guidance")
+    SampleOptions = DDPMSampleOptions
     train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999, "batch_size": 128, "warmup_steps": 100}
     config: DDPMConfig
 
@@ -164,37 +209,42 @@ class DDPM(GenerativeModel):
         return {"val_loss": self._loss(batch, t, noise, y).item()}
 
     # ----- sampling ------------------------------------------------------------------------------------------------
-    def _grid(self, sampler: str, steps: int | None, strength: float = 1.0) -> list[int]:
-        if sampler not in SAMPLERS:
-            raise GenzooError(f"unknown sampler '{sampler}' (use one of {', '.join(SAMPLERS)})")
-        steps = steps or DEFAULT_STEPS[sampler] or self.schedule.steps
-        if steps < 1:
-            raise GenzooError(f"steps must be at least 1, got {steps}")
-        start = round(strength * (self.schedule.steps - 1))
-        return self.schedule.timesteps(max(1, round(steps * strength)), start=start, spacing=SPACING[sampler])
+    def _sampler(self, options: DDPMSampleOptions, strength: float = 1.0) -> Sampler:
+        """The sampler object of ``options`` with its grid set on this model's schedule."""
+        sampler = make_sampler(options.sampler, options.eta)
+        sampler.set_timesteps(self.schedule, options.steps, strength)
+        return sampler
 
-    def nfe_per_sample(self, sampler: str = "dpm", steps: int | None = None, guidance: float | None = None,
-                       resample: int = 1) -> int:
-        """Network evaluations per sample for these sampling options (guidance doubles each one)."""
-        grid = len(self._grid(sampler, steps))
-        return (grid + (grid - 1) * (resample - 1)) * (2 if guidance is not None else 1)
+    def cost(self, **options: Any) -> Cost:
+        """Network evaluations per sample of ``sample(n, **options)``: one per grid point (fewer than ``steps``
+        when the dpm log-SNR grid merges points), two with guidance. Editing: :meth:`edit_cost`."""
+        return self._cost(self.sample_options(**options))
 
-    def _run(self, x0: Tensor | None, n: int, generator: torch.Generator, labels: Tensor | None, *,
-             sampler: str, steps: int | None, eta: float | None, guidance: float | None, strength: float = 1.0,
-             known: Known | None = None, resample: int = 1) -> Tensor:
-        if eta is not None and sampler == "dpm":
-            raise GenzooError("eta applies to the ddpm and ddim samplers, not dpm")
-        times = self._grid(sampler, steps, strength)
+    def edit_cost(self, masked: bool = False, strength: float = 1.0, *, resample: int = 5, **options: Any) -> Cost:
+        """Network evaluations per image of ``edit(image, mask, strength, resample=resample, **options)`` with
+        ``edit``'s defaults; ``masked``: whether a mask is given (then every step but the last is taken
+        ``resample`` times). ``img2img(x, s, **options)`` costs ``edit_cost(False, s, sampler="dpm", **options)``."""
+        callbacks: list[Callback] = [Resample(resample)] if masked else []
+        return self._cost(self._edit_options(**options), strength, callbacks)
+
+    def _cost(self, options: DDPMSampleOptions, strength: float = 1.0, callbacks: list[Callback] | None = None) -> Cost:
+        calls = denoiser_calls(self._sampler(options, strength), callbacks or [])
+        return Cost(nfe_per_sample=calls * (2 if options.guidance is not None else 1))
+
+    def _run(self, x0: Tensor | None, n: int, generator: torch.Generator, labels: Tensor | None,
+             options: DDPMSampleOptions, strength: float = 1.0, callbacks: list[Callback] | None = None) -> Tensor:
+        """Sample from pure noise (``x0`` None) or from ``x0`` (network units) noised to ``strength``."""
+        sampler = self._sampler(options, strength)
         noise = self.randn(n, *self.data.shape, generator=generator)
-        start = torch.full((n,), times[0], dtype=torch.long, device=self.device)
+        start = torch.full((n,), sampler.timesteps[0], dtype=torch.long, device=self.device)
         x = noise if x0 is None else self.schedule.q_sample(x0, start, noise)
-        out = solve(self.denoiser(labels, guidance), self.schedule, x, times, sampler=sampler, eta=eta,  # type: ignore[arg-type]
-                    noise=lambda shape: self.randn(*shape, generator=generator), known=known, resample=resample)
+        out = sample_loop(self.denoiser(labels, options.guidance), sampler, x,
+                          lambda shape: self.randn(*shape, generator=generator), callbacks or [])
         return self.postprocess(out)
 
-    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, sampler: str = "dpm",
-                steps: int | None = None, eta: float | None = None, guidance: float | None = None) -> Tensor:
-        return self._run(None, n, generator, labels, sampler=sampler, steps=steps, eta=eta, guidance=guidance)
+    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None,
+                options: DDPMSampleOptions) -> Tensor:
+        return self._run(None, n, generator, labels, options)
 
     # ----- editing -------------------------------------------------------------------------------------------------
     def _check_image(self, image: Tensor) -> Tensor:
@@ -209,6 +259,13 @@ class DDPM(GenerativeModel):
             raise GenzooError("image values must be in [0, 1]")
         return image.to(self.device)
 
+    def _edit_options(self, sampler: str = "ddpm", steps: int | None = None, **options: Any) -> DDPMSampleOptions:
+        """Validated sampling options of an edit: ancestral sampling on 100 steps unless told."""
+        typed = cast(DDPMSampleOptions, self.sample_options(sampler=sampler, steps=steps, **options))
+        if typed.steps is None and sampler_class(typed.sampler) is Ancestral:
+            typed = typed.model_copy(update={"steps": 100})
+        return typed
+
     @torch.no_grad()
     def edit(self, image: Tensor, mask: Tensor | None = None, strength: float = 1.0, *, seed: int | None = None,
              generator: torch.Generator | None = None, labels: Tensor | None = None, sampler: str = "ddpm",
@@ -217,8 +274,8 @@ class DDPM(GenerativeModel):
         """Regenerate the pixels where ``mask`` is non-zero (all pixels if no mask), starting from ``image``
         noised to ``strength`` (1 = from pure noise). Pixels where the mask is 0 are returned unchanged.
         Defaults: RePaint-style ancestral sampling, 100 steps, each redone ``resample`` times."""
-        if steps is None and sampler == "ddpm":
-            steps = 100
+        options = self._edit_options(sampler=sampler, steps=steps, eta=eta, guidance=guidance)
+        rounds = Resample(resample)
         image = self._check_image(image)
         if not 0.0 < strength <= 1.0:
             raise GenzooError(f"strength must be in (0, 1], got {strength}")
@@ -235,41 +292,29 @@ class DDPM(GenerativeModel):
             known = Known(self.preprocess(image), (~fill).float())
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        if labels is not None:
-            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-            if self.num_classes is None or labels.min() < 0 or labels.max() >= self.num_classes:
-                raise GenzooError(f"class label {labels.tolist()} is not one this model was trained with")
-            labels = labels.expand(len(image)).to(self.device)
-        was_training = self.training
-        self.eval()
-        try:
-            out = self._run(self.preprocess(image), len(image), generator, labels, sampler=sampler, steps=steps,
-                            eta=eta, guidance=guidance, strength=strength, known=known, resample=resample)
-        finally:
-            self.train(was_training)
+        labels = self.check_labels(labels, len(image))
+        callbacks: list[Callback] = [] if known is None else [known, rounds]
+        with eval_mode(self):
+            out = self._run(self.preprocess(image), len(image), generator, labels, options, strength, callbacks)
         return out if known is None else torch.where(known.keep.bool(), image, out)
 
-    def inpaint(self, image: Tensor, mask: Tensor, **options: Any) -> Tensor:
+    def inpaint(self, x: Tensor, mask: Tensor, **options: Any) -> Tensor:
         """Fill the non-zero region of ``mask`` (inpainting, or outpainting for a border mask); see :meth:`edit`."""
-        return self.edit(image, mask, **options)
+        return self.edit(x, mask, **options)
 
-    def img2img(self, image: Tensor, strength: float = 0.5, **options: Any) -> Tensor:
-        """SDEdit: noise ``image`` to ``strength`` and denoise (dpm, 20 steps unless told); see :meth:`edit`."""
+    def img2img(self, x: Tensor, strength: float = 0.5, **options: Any) -> Tensor:
+        """SDEdit: noise ``x`` to ``strength`` and denoise (dpm, 20 steps unless told); see :meth:`edit`."""
         options.setdefault("sampler", "dpm")
         options.setdefault("steps", None)
-        return self.edit(image, None, strength, **options)
+        return self.edit(x, None, strength, **options)
 
     # ----- likelihood ------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, labels: Tensor | None = None, *, steps: int | None = None,
                        seed: int = 0) -> LogLikelihood:
         """Variational lower bound on log p(x) in nats (see the module docstring), one noise draw per term."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             values, discrete = self._bound(x.to(self.device), labels, steps or self.config.bound_steps, seed)
-        finally:
-            self.train(was_training)
         k = steps or self.config.bound_steps
         return LogLikelihood(values, "lower_bound", discrete, f"variational bound of the {k}-step ancestral sampler")
 

@@ -47,6 +47,10 @@ class GAN(GenerativeModel):
         fake = self.generator(self.randn(len(batch), self.config.latent_dim, generator=generator))
         return generator_validation(fake, self.preprocess(batch.x))
 
-    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, **options: Any) -> Tensor:
+    def ema_targets(self) -> list[nn.Module]:
+        """Only the generator is averaged: the adversary trains on live weights and is never sampled."""
+        return [self.generator]
+
+    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, options: Any) -> Tensor:
         z = self.randn(n, self.config.latent_dim, generator=generator)
         return self.postprocess(self.generator(z).view(n, *self.data.shape))

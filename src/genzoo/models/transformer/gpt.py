@@ -10,8 +10,9 @@ with one fused q/k/v projection and PyTorch's ``scaled_dot_product_attention``; 
 output layer shares the token embedding matrix (weight tying). Residual projections start at std 0.02 / sqrt(2L).
 Generation keeps each layer's keys and values (the KV cache), so a new token costs one position instead of all;
 past the context length the window slides and is re-read (BOS + the last T - 1 tokens), with or without the cache.
-Training runs the matmuls in bfloat16 where the hardware has native support (``mixed_precision="auto"``: ~1.5x
-tokens/s on an AVX512-BF16 CPU); attention, the loss and every evaluation stay in fp32.
+Mixed precision is the trainer's (``precision``, default ``auto`` for this model: bf16 matmuls where the hardware has
+native support, ~1.5x tokens/s on an AVX512-BF16 CPU; ``--set precision=fp32`` turns it off). Under it, attention on
+the CPU and the logits stay in fp32, and evaluation runs outside it.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class GPT(TokenSequenceModel):
     name = "gpt"
     family = "transformer"
     smoke_config: ClassVar[dict[str, Any]] = {"layers": 1, "heads": 2, "width": 16}
+    #: bf16 autocast while training where the hardware computes bf16 natively (the trainer's ``precision``)
+    train_defaults: ClassVar[dict[str, Any]] = {**TokenSequenceModel.train_defaults, "precision": "auto"}
 
     class Config(ModelConfig):
         layers: int = Field(4, ge=1)
@@ -104,8 +107,6 @@ class GPT(TokenSequenceModel):
         tie_weights: bool = True
         lora_rank: int = Field(0, ge=0)  # > 0: train LoRA adapters of this rank on every linear layer only
         lora_alpha: float = 16.0
-        #: bf16 matmuls while training ("auto": where the hardware has native bf16); evaluation stays fp32
-        mixed_precision: Literal["auto", "bf16", "off"] = "auto"
         lr: float = 2e-3
         weight_decay: float = 0.1
 
@@ -153,18 +154,7 @@ class GPT(TokenSequenceModel):
         return F.linear(h, weight), cache
 
     def forward(self, inputs: Tensor) -> Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.training and self._bf16()):
-            return self._run(inputs, 0, None)[0].float()
-
-    def _bf16(self) -> bool:
-        mode = self.config.mixed_precision
-        if mode != "auto":
-            return mode == "bf16"
-        if self.device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        native = (getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
-                                                                         "_is_amx_tile_supported"))
-        return self.device.type == "cpu" and any(native)
+        return self._run(inputs, 0, None)[0].float()
 
     # ----- generation ------------------------------------------------------------------------------------------
     def prefill(self, ids: Tensor) -> tuple[Tensor, Any]:
@@ -179,9 +169,20 @@ class GPT(TokenSequenceModel):
         logits, cache = self._run(token[:, None], ids.shape[1] - 1, cache)
         return logits[:, -1], (cache, ids)
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward + backward = 3x forward): 6 N + 12 L T d for attention."""
-        matmul_params = sum(p.numel() for n, p in self.named_parameters() if n.endswith("weight") and p.dim() == 2
-                            and not n.startswith("embed"))
-        matmul_params += self.vocab_out * self.config.width  # the tied output layer
-        return 6.0 * matmul_params + 12.0 * self.config.layers * self.seq_len * self.config.width
+    # ----- cost ------------------------------------------------------------------------------------------------
+    def matmul_params(self) -> int:
+        """Weights that multiply every token's activations: the blocks' linear layers and the output layer."""
+        params = sum(p.numel() for n, p in self.named_parameters()
+                     if n.endswith("weight") and p.dim() == 2 and not n.startswith("embed"))
+        return params + (self.vocab_out * self.config.width if self.head is None else 0)  # the tied output layer
+
+    def token_flops(self, position: int) -> float:
+        """Forward FLOPs of one token with the KV cache: 2 per matmul weight, and 4 d per layer for each of the
+        position + 1 keys it attends to (q k^T and the weighted sum of values)."""
+        return 2.0 * self.matmul_params() + 4.0 * self.config.layers * self.config.width * (position + 1)
+
+    def train_flops_per_example(self) -> float:
+        """Training FLOPs of one example: per token 6 N (forward + backward over N matmul weights) + 12 L T d for
+        attention over the whole window (the usual count, e.g. nanoGPT's and PaLM's), times T tokens."""
+        c, t = self.config, self.seq_len
+        return t * (6.0 * self.matmul_params() + 12.0 * c.layers * t * c.width)

@@ -1,7 +1,8 @@
 """``hf``: any Hugging Face causal language model behind the genzoo API (``hf:NAME_OR_PATH`` on the CLI).
 
 ``genzoo.load_pretrained("gpt2")`` (a hub id or a local folder) wraps ``AutoModelForCausalLM`` and its tokenizer:
-``generate``/``stream`` with the shared sampling controls, ``chat(messages)`` through the model's chat template,
+``generate``/``stream`` with the shared sampling controls, ``chat(messages)`` through the model's chat template
+(the ``chat`` capability, when its tokenizer has one),
 ``log_likelihood`` for perplexity, and training (full or LoRA through ``peft``) on a genzoo text spec,
 whose tokenizer then is the model's own (``text:FILE#tokenizer=hf:NAME``). Without ``pretrained`` the model is a
 fresh HF architecture (``gpt2`` or ``llama``) sized by hyperparameters and trained on the data's own tokenizer.
@@ -10,6 +11,9 @@ A pretrained model reads a prompt exactly as Hugging Face ``generate`` does: the
 start token added (only the empty prompt gets one, ``bos_token_id`` or else EOS, since a first token needs a
 context). Generation stops at any end-of-sequence id of the tokenizer or of ``generation_config`` (chat models often
 list several).
+
+The ``transformers`` tokenizer is ``model.hf_tokenizer`` (chat templates, special tokens); ``model.tokenizer`` is the
+genzoo :class:`~genzoo.tokenizer.Tokenizer` over the same vocabulary, like every text model's.
 
 ``transformers`` and ``peft`` are the optional extra ``llm``: ``pip install genzoo[llm]``.
 """
@@ -29,30 +33,11 @@ from genzoo.errors import ConfigError, GenzooError
 from genzoo.models.autoregressive.sequence import TokenSequenceModel
 from genzoo.nn.lora import apply_lora
 from genzoo.registry import register
+from genzoo.tokenizer import Tokenizer, require_transformers
+from genzoo.tokenizer import hf_tokenizer as load_hf_tokenizer
 
 #: sequence length of ``sample()`` for a pretrained model (its context can be far longer)
 PRETRAINED_SAMPLE_LEN = 128
-
-
-def require_transformers() -> Any:
-    try:
-        import transformers
-    except ImportError:
-        raise GenzooError("Hugging Face models need the 'llm' extra: pip install 'genzoo[llm]'") from None
-    transformers.utils.logging.disable_progress_bar()
-    return transformers
-
-
-def hf_tokenizer(name: str) -> Any:
-    """The tokenizer of a hub model or local folder (a fast tokenizer, so its ``backend_tokenizer`` exists)."""
-    transformers = require_transformers()
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise GenzooError(f"cannot load the tokenizer of '{name}': {err}") from None
-    if not getattr(tok, "is_fast", False):
-        raise GenzooError(f"'{name}' has no fast (Rust) tokenizer; genzoo needs one to tokenise training text")
-    return tok
 
 
 @register
@@ -62,7 +47,8 @@ class HFCausalLM(TokenSequenceModel):
     name = "hf"
     family = "transformer"
     data_kinds = frozenset({DataKind.TOKENS})
-    base_capabilities = frozenset({Capability.SAMPLE, Capability.EXACT_LIKELIHOOD, Capability.GENERATE_TEXT})
+    base_capabilities = frozenset({Capability.SAMPLE, Capability.EXACT_LIKELIHOOD, Capability.GENERATE_TEXT,
+                                   Capability.CHAT})
     #: ``hf:NAME`` as a model name sets this hyperparameter
     name_argument: ClassVar[str] = "pretrained"
     smoke_config: ClassVar[dict[str, Any]] = {"layers": 1, "heads": 2, "width": 16}
@@ -82,15 +68,17 @@ class HFCausalLM(TokenSequenceModel):
     def __init__(self, config: Config, data: DataInfo) -> None:
         super().__init__(config, data)
         transformers = require_transformers()
-        self.tokenizer: Any = None
+        #: the ``transformers`` tokenizer of a pretrained model (None for a fresh architecture)
+        self.hf_tokenizer: Any = None
         if config.pretrained:
-            self.tokenizer = hf_tokenizer(config.pretrained)
+            self.hf_tokenizer = load_hf_tokenizer(config.pretrained)
+            self.tokenizer = Tokenizer(self.hf_tokenizer.backend_tokenizer, f"hf:{config.pretrained}")
             try:
                 self.lm = transformers.AutoModelForCausalLM.from_pretrained(config.pretrained, dtype=torch.float32)
             except (OSError, ValueError) as err:
                 raise GenzooError(f"cannot load the model '{config.pretrained}': {err}") from None
-            self.bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None \
-                else self.tokenizer.eos_token_id
+            hf_tok = self.hf_tokenizer
+            self.bos = hf_tok.bos_token_id if hf_tok.bos_token_id is not None else hf_tok.eos_token_id
             if self.bos is None:
                 raise GenzooError(f"'{config.pretrained}' has neither a BOS nor an EOS token to start sequences")
             self.vocab_out = self.lm.get_output_embeddings().weight.shape[0]
@@ -130,63 +118,97 @@ class HFCausalLM(TokenSequenceModel):
         out = self.lm(input_ids=token[:, None], use_cache=True, **{self.cache_name: past})
         return out.logits[:, -1, : self.vocab_out], (out[self.cache_name], ids)
 
+    def use_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """A pretrained model reads text only through its own tokenizer: the data must have been tokenised by it."""
+        if self.tokenizer is not None and tokenizer.sha256 != self.tokenizer.sha256:
+            raise ConfigError(f"the data was tokenised with '{tokenizer.source}', but the pretrained model reads text "
+                              f"with its own tokenizer: use text:FILE#tokenizer=hf:{self.config.pretrained}")
+        super().use_tokenizer(tokenizer)
+
+    @classmethod
+    def data_options(cls, config: ModelConfig) -> dict[str, Any]:
+        """A pretrained model reads text with its own tokenizer."""
+        pretrained = getattr(config, "pretrained", "")
+        return {"tokenizer": f"hf:{pretrained}"} if pretrained else {}
+
+    @classmethod
+    def from_pretrained(cls, name: str, **options: Any) -> HFCausalLM:
+        """``hf:NAME`` as a model source (``genzoo.load("hf:gpt2")``): see :func:`load_pretrained`."""
+        return load_pretrained(name, **options)
+
+    # ----- capabilities ----------------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """``chat`` only with a chat template in the tokenizer (instruction-tuned models)."""
+        caps = set(super().capabilities)
+        if not self.has_chat_template:
+            caps.discard(Capability.CHAT)
+        return frozenset(caps)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self.hf_tokenizer is not None and bool(getattr(self.hf_tokenizer, "chat_template", None))
+
     # ----- text ------------------------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> list[int]:
-        if self.tokenizer is None:
+        if self.hf_tokenizer is None:
             return super().prompt_ids(prompt)
         # as Hugging Face generate: the tokenizer adds its own BOS if it has one; GPT-2 style ones add nothing
-        return self.tokenizer.encode(prompt, add_special_tokens=True) or [self.bos]
+        return self.hf_tokenizer.encode(prompt, add_special_tokens=True) or [self.bos]
 
-    def decode(self, ids: list[int]) -> str:
-        if self.tokenizer is None:
-            return super().decode(ids)
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+    def decode_tokens(self, ids: list[int]) -> str:
+        if self.hf_tokenizer is None:
+            return super().decode_tokens(ids)
+        return self.hf_tokenizer.decode(ids, skip_special_tokens=True)
 
     @property
     def eos_ids(self) -> frozenset[int]:
         """The tokenizer's EOS and every id in ``generation_config.eos_token_id`` (an int or a list)."""
-        if self.tokenizer is None:
+        if self.hf_tokenizer is None:
             return frozenset()
         configured = getattr(self.lm.generation_config, "eos_token_id", None)
         ids = configured if isinstance(configured, list) else [configured]
-        return frozenset(i for i in (self.tokenizer.eos_token_id, *ids) if i is not None)
+        return frozenset(i for i in (self.hf_tokenizer.eos_token_id, *ids) if i is not None)
 
     def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """The token ids of a conversation rendered by the model's chat template, ready for the answer."""
-        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
-            raise GenzooError("this model has no chat template; use generate(prompt) instead")
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                       return_dict=False))
+        if not self.has_chat_template:
+            raise GenzooError(f"this model ({self.config.pretrained or 'hf'}) has no chat template; use "
+                              "generate(prompt) instead")
+        return list(self.hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                          return_dict=False))
 
-    def chat(self, messages: list[dict[str, str]], **options: Any) -> str | list[str]:
+    def chat(self, messages: list[dict[str, str]], **generation: Any) -> str | list[str]:
         """Answer a conversation ``[{"role": "user", "content": ...}, ...]`` through the model's chat template."""
-        return self.generate_from_ids(self.chat_prompt_ids(messages), **options)
+        return self.generate_from_ids(self.chat_prompt_ids(messages), **generation)
 
     def save_assets(self, directory: Path) -> None:
-        if self.tokenizer is None:
+        if self.hf_tokenizer is None:
             super().save_assets(directory)
         else:
-            self.tokenizer.backend_tokenizer.save(str(Path(directory) / "tokenizer.json"))
+            self.hf_tokenizer.backend_tokenizer.save(str(Path(directory) / "tokenizer.json"))
 
     def load_assets(self, directory: Path) -> None:
-        if self.tokenizer is None:
+        if self.hf_tokenizer is None:
             super().load_assets(directory)
 
 
 def load_pretrained(name: str, *, lora_rank: int = 0) -> HFCausalLM:
     """A Hugging Face causal LM (hub id or local folder) as a genzoo model, in eval mode."""
     transformers = require_transformers()
-    tok = hf_tokenizer(name)
     try:
         cfg = transformers.AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise GenzooError(f"cannot load the config of '{name}': {err}") from None
     context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1024
-    from genzoo.data.text import remember_tokenizer
+    model = HFCausalLM(HFCausalLM.Config(pretrained=name, lora_rank=lora_rank), _pretrained_info(name, context))
+    return model.with_provenance(run=f"hf:{name}", checkpoint="pretrained", step=None, weights="pretrained").eval()
 
-    meta = {"source": f"hf:{name}", "sha256": remember_tokenizer(tok.backend_tokenizer), "vocab_size": len(tok)}
-    info = DataInfo(kind=DataKind.TOKENS, shape=(min(context, PRETRAINED_SAMPLE_LEN),), levels=len(tok),
+
+def _pretrained_info(name: str, context: int) -> DataInfo:
+    """The DataInfo of a pretrained model: tokens of its own tokenizer (recorded, so data can be checked against
+    it), ``PRETRAINED_SAMPLE_LEN`` of them per sample."""
+    tok = load_hf_tokenizer(name)
+    meta = Tokenizer(tok.backend_tokenizer, f"hf:{name}").metadata()
+    return DataInfo(kind=DataKind.TOKENS, shape=(min(context, PRETRAINED_SAMPLE_LEN),), levels=len(tok),
                     spec=f"hf:{name}", extra={"tokenizer": meta})
-    model = HFCausalLM(HFCausalLM.Config(pretrained=name, lora_rank=lora_rank), info)
-    model.provenance = {"run": f"hf:{name}", "checkpoint": "pretrained", "step": None, "weights": "pretrained"}
-    return model.eval()

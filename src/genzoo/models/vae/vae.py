@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from genzoo.contract import (
@@ -37,8 +38,9 @@ from genzoo.contract import (
     LogLikelihood,
     ModelConfig,
     Optimizers,
+    SampleOptions,
 )
-from genzoo.errors import ConfigError, GenzooError
+from genzoo.errors import ConfigError
 from genzoo.nn import ConvDecoder, ConvEncoder, mlp
 from genzoo.registry import register
 
@@ -52,6 +54,10 @@ class VAEConfig(ModelConfig):
     likelihood: Likelihood = "auto"
     lr: float = 2e-3
     iw_samples: int = 1  # K of the importance-weighted bound reported as the likelihood (1 = plain ELBO)
+
+
+class VAESampleOptions(SampleOptions):
+    mode: Literal["mean", "sample"] = Field("mean", description="'mean' of p(x|z) (smooth) or a 'sample' from it")
 
 
 def choose_likelihood(requested: Likelihood, data: DataInfo) -> str:
@@ -96,7 +102,7 @@ class VAE(GenerativeModel):
                                    Capability.DECODE, Capability.RECONSTRUCT, Capability.INTERPOLATE})
     validation_metric = "val_nelbo"
     smoke_config: ClassVar[dict[str, Any]] = {"latent_dim": 4, "width": 8}
-    sample_options = ("mode",)
+    SampleOptions = VAESampleOptions
     train_defaults: ClassVar[dict[str, Any]] = {"batch_size": 64}
 
     def __init__(self, config: VAEConfig, data: DataInfo) -> None:
@@ -120,7 +126,7 @@ class VAE(GenerativeModel):
             self.log_sigma = nn.Parameter(torch.zeros(data.dims))
 
     # ----- q(z|x) and p(x|z) -----------------------------------------------------------------------------------
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """q(z|x): mean and log-variance of the Gaussian posterior."""
         stats = self.encoder(self.preprocess(x).reshape(len(x), *self._net_shape()))
         mu, logvar = stats.chunk(2, dim=1)
@@ -196,7 +202,7 @@ class VAE(GenerativeModel):
 
     def elbo_terms(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """(E_q log p(x|z) with one sample, KL) per example, using the given standard-normal noise ``eps``."""
-        mu, logvar = self.encode(x)
+        mu, logvar = self.posterior(x)
         z = mu + (0.5 * logvar).exp() * eps
         return self.log_px_given_z(x, self._decoder_params(z)), self.kl_to_prior(mu, logvar)
 
@@ -221,7 +227,7 @@ class VAE(GenerativeModel):
         """Importance-weighted lower bound with K = ``samples`` (default ``iw_samples``; K = 1 is the ELBO)."""
         k = samples or self.config.iw_samples
         generator = generator or torch.Generator().manual_seed(0)
-        mu, logvar = self.encode(x)
+        mu, logvar = self.posterior(x)
         std = (0.5 * logvar).exp()
         log_w = []
         for _ in range(k):
@@ -235,23 +241,26 @@ class VAE(GenerativeModel):
         return LogLikelihood(values, "lower_bound", discrete=self.likelihood != "gaussian", method=method)
 
     # ----- generation and latent-space tools -------------------------------------------------------------------
-    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, mode: str = "mean") -> Tensor:
+    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, options: VAESampleOptions) -> Tensor:
         """z ~ N(0, I), then the decoder's mean (``mode='mean'``, default) or a draw from p(x|z) (``'sample'``)."""
         z = self.randn(n, self.config.latent_dim, generator=generator)
-        if mode == "mean":
+        if options.mode == "mean":
             return self.decode(z)
-        if mode == "sample":
-            return self._draw(self._decoder_params(z), generator).reshape(n, *self.data.shape)
-        raise GenzooError(f"VAE sampling mode must be 'mean' or 'sample', got '{mode}'")
+        return self._draw(self._decoder_params(z), generator).reshape(n, *self.data.shape)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """The posterior mean of q(z|x): (B, latent_dim)."""
+        return self.posterior(x)[0]
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """decode(mean of q(z|x))."""
-        return self.decode(self.encode(x)[0])
+        return self.decode(self.encode(x))
 
     @torch.no_grad()
-    def interpolate(self, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
-        """Decode points on the straight line between the posterior means of two examples: (steps, *shape)."""
-        z_a, z_b = self.encode(x_a.unsqueeze(0))[0], self.encode(x_b.unsqueeze(0))[0]
-        t = torch.linspace(0, 1, steps, device=z_a.device).unsqueeze(1)
+    def interpolate(self, a: Tensor, b: Tensor, n: int = 8) -> Tensor:
+        """Decode ``n`` points on the straight line between the posterior means of two examples: (n, *shape)."""
+        z_a, z_b = self.encode(a.unsqueeze(0)), self.encode(b.unsqueeze(0))
+        t = torch.linspace(0, 1, n, device=z_a.device).unsqueeze(1)
         return self.decode((1 - t) * z_a + t * z_b)
