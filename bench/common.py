@@ -26,7 +26,10 @@ def machine_info() -> dict[str, Any]:
         pass
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "cuda": torch.cuda.is_available(),
+            # bf16 autocast (precision auto) pays off only where the CPU computes bf16 natively
+            "native_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             # other jobs on the machine slow every number down: record how busy it was when the result was written
             "load_average_1m_5m": list(os.getloadavg()[:2]) if hasattr(os, "getloadavg") else None}
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import genzoo
 from common import write_result
 from genzoo.eval import table
-from genzoo.training.logging import read_metrics
+from genzoo.runs import RunDir
 
 #: budgets that give each family recognisable digits on 2 CPU cores (README, "Models")
 BUDGETS = {"vae": "60s", "dcgan": "60s", "wgan-gp": "3m", "ddpm": "5m", "gpt": "2m", "lstm": "2m"}
@@ -29,7 +29,7 @@ BUDGETS = {"vae": "60s", "dcgan": "60s", "wgan-gp": "3m", "ddpm": "5m", "gpt": "
 def train_and_score(name: str, budget: str, folder: Path) -> dict:
     run = genzoo.train(name, "digits", budget=budget, out=folder / name, seed=0, progress=False)
     result = genzoo.evaluate(run, seed=0, report=False)
-    train = [m for m in read_metrics(run) if m["split"] == "train"]
+    train = [m for m in RunDir(run).metrics() if m["split"] == "train"]
     result["training"] = {"budget": budget, "steps": train[-1]["step"], "steps_per_s": train[-1]["steps_per_s"]}
     return result
 

@@ -22,8 +22,8 @@ import genzoo
 from common import write_result
 from genzoo.contract import Optimizers
 from genzoo.registry import build_model
+from genzoo.runs import RunDir
 from genzoo.training import parse_budget
-from genzoo.training.logging import read_metrics
 
 
 def bare_loop_steps_per_s(model_name: str, seconds: float, batch_size: int) -> float:
@@ -53,7 +53,7 @@ def _values(entry: dict) -> dict:
 
 def bench_model(name: str, budget: str, out_root: Path) -> dict:
     run = genzoo.train(name, "digits", budget=budget, out=out_root / name, seed=0, progress=False)
-    metrics = read_metrics(run)
+    metrics = RunDir(run).metrics()
     train = [m for m in metrics if m["split"] == "train"]
     val = [m for m in metrics if m["split"] == "val"]
     model = genzoo.load(run)

@@ -199,3 +199,16 @@ def test_resume_via_the_cli_needs_no_repeated_flags(tmp_path: Path) -> None:
     config = RunDir(run).config
     assert config["seed"] == 5 and config["train"]["batch_size"] == 16 and config["train"]["steps"] == 4
     assert genzoo.load(run, "last").provenance["step"] == 4
+
+
+def test_a_fine_tuned_run_is_named_after_its_new_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import TINY_CORPUS
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("old.txt", "new.txt"):
+        (tmp_path / name).write_text(TINY_CORPUS)
+    base = genzoo.train("gpt", "text:old.txt#context=16", steps=2, out=tmp_path / "base",
+                        overrides={"layers": 1, "heads": 2, "width": 16}, **FAST)
+    tuned = genzoo.train("gpt", "text:new.txt", steps=2, init=str(base), **FAST)
+    assert tuned.parent == Path("runs") and tuned.name.startswith("gpt-text-new-txt-"), tuned
+    assert RunDir(tuned).config["data"]["spec_text"] == "text:new.txt"

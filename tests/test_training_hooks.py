@@ -192,3 +192,54 @@ def test_sampling_may_ask_for_gradients() -> None:
     with torch.no_grad():  # even inside a caller's no_grad block
         samples = model.sample(4, seed=0, steps=3)
     assert samples.shape == (4, 2) and torch.isfinite(samples).all()
+
+
+@register
+class Shift(GenerativeModel):
+    """Two domains: learns the shift from domain A's mean to domain B's (``--data A --data-b B``)."""
+
+    name = "test-shift"
+    family = "test"
+    Config = TwoPartConfig
+    data_kinds = frozenset({DataKind.VECTOR})
+    domains = 2
+
+    def __init__(self, config: TwoPartConfig, data: Any) -> None:
+        super().__init__(config, data)
+        self.shift = nn.Parameter(torch.zeros(data.dims))
+
+    def _loss(self, batch: Batch) -> Tensor:
+        return (batch.x_b.mean(0) - batch.x.mean(0) - self.shift).square().sum()
+
+    def training_step(self, batch: Batch, step: int, optim: Optimizers) -> dict[str, float]:
+        loss = self._loss(batch)
+        optim.step("model", loss)
+        return {"loss": loss.item()}
+
+    def validation_step(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
+        return {"val_loss": self._loss(batch).item()}
+
+    def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, options: SampleOptions) -> Tensor:
+        return self.randn(n, self.data.dims, generator=generator) + self.shift
+
+
+def test_two_domain_models_get_both_datasets_in_each_batch(tmp_path: Path) -> None:
+    import numpy as np
+
+    gen = np.random.default_rng(0)
+    for name, mean in (("a", [0.0, 0.0]), ("b", [3.0, -1.0])):
+        np.savez(tmp_path / f"{name}.npz", x=(gen.normal(size=(400, 2)) + mean).astype(np.float32))
+    spec_a, spec_b = f"npz:{tmp_path / 'a.npz'}", f"npz:{tmp_path / 'b.npz'}"
+    settings = {**FAST, "batch_size": 64, "eval_every": 20}
+    run = genzoo.train("test-shift", spec_a, data_b=spec_b, steps=150, out=tmp_path / "run",
+                       overrides={"lr": 0.05}, **settings)
+    model = genzoo.load(run)
+    assert model.data.domain_b is not None and model.data.domain_b.spec == spec_b
+    assert torch.allclose(model.shift.detach(), torch.tensor([3.0, -1.0]), atol=0.2)
+    genzoo.train(None, None, steps=160, out=run, resume=True)  # the second domain comes back from config.json
+    assert genzoo.load(run, "last").provenance["step"] == 160
+    with pytest.raises(ConfigError, match="--data-b"):
+        genzoo.train("test-shift", spec_a, steps=2, out=tmp_path / "no-b", **settings)
+    with pytest.raises(ConfigError, match="one dataset"):
+        genzoo.train("vae", spec_a, data_b=spec_b, steps=2, out=tmp_path / "vae", **settings)
+    assert not (tmp_path / "no-b").exists() and not (tmp_path / "vae").exists()

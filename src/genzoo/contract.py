@@ -230,7 +230,9 @@ class Optimizers:
         if self.micro == 0:
             opt.zero_grad(set_to_none=True)
         scaled = loss / self.accumulate if self.accumulate > 1 else loss
-        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        # the trainer's autocast covers the forward pass; backward runs in the dtypes the forward chose
+        with torch.autocast(loss.device.type, enabled=False):
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         if self.micro == self.accumulate - 1:
             self._apply(name, opt)
 

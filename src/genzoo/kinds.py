@@ -120,8 +120,9 @@ class KindHandler:
         """log |d preprocess / dx| summed over one example: add to a density in network units to get data units."""
         return 0.0
 
-    def preview(self, model: Previewable, reference: Tensor | None, path: Path) -> None:
-        """Write a picture (or text) of what ``model`` generates now to ``path``."""
+    def preview(self, model: Previewable, reference: Tensor | None, path: Path) -> Path:
+        """Write a picture (or text) of what ``model`` generates now to ``path`` (or, where the kind has no picture
+        for it, to ``path`` with another suffix); return the file written."""
         raise NotImplementedError
 
     def save(self, path: Path, samples: Tensor) -> Path:
@@ -148,9 +149,10 @@ class ImageHandler(KindHandler):
     def log_det(self, info: DataInfo, stats: dict[str, Tensor]) -> float:
         return info.dims * math.log(2.0)
 
-    def preview(self, model: Previewable, reference: Tensor | None, path: Path) -> None:
+    def preview(self, model: Previewable, reference: Tensor | None, path: Path) -> Path:
         samples = model.sample(64, generator=torch.Generator().manual_seed(PREVIEW_SEED)).cpu()
         save_image_grid(path, samples, nrow=8)
+        return path
 
     def save(self, path: Path, samples: Tensor) -> Path:
         if path.suffix == ".png":
@@ -181,12 +183,12 @@ class VectorHandler(KindHandler):
     def log_det(self, info: DataInfo, stats: dict[str, Tensor]) -> float:
         return float(-stats["data_std"].log().sum())
 
-    def preview(self, model: Previewable, reference: Tensor | None, path: Path) -> None:
+    def preview(self, model: Previewable, reference: Tensor | None, path: Path) -> Path:
         samples = model.sample(1000, generator=torch.Generator().manual_seed(PREVIEW_SEED)).cpu()
         if samples.shape[1] < 2:
-            save_array(path.with_suffix(".npy"), samples)
-            return
+            return save_array(path.with_suffix(".npy"), samples)
         save_scatter(path, samples[:, :2], None if reference is None else reference[:, :2], title=path.stem)
+        return path
 
     def save(self, path: Path, samples: Tensor) -> Path:
         if path.suffix == ".png" and samples.shape[1] >= 2:
@@ -204,12 +206,13 @@ class TokenHandler(KindHandler):
     kind = DataKind.TOKENS
     preview_suffix = ".txt"
 
-    def preview(self, model: Previewable, reference: Tensor | None, path: Path) -> None:
+    def preview(self, model: Previewable, reference: Tensor | None, path: Path) -> Path:
         if "generate_text" not in model.capabilities:
-            save_array(path.with_suffix(".npy"), model.sample(8, generator=torch.Generator().manual_seed(0)).cpu())
-            return
+            generator = torch.Generator().manual_seed(PREVIEW_SEED)
+            return save_array(path.with_suffix(".npy"), model.sample(8, generator=generator).cpu())
         text = model.generate("", max_new_tokens=300, temperature=0.8, seed=PREVIEW_SEED)
         atomic_write_text(path, text if isinstance(text, str) else text[0])
+        return path
 
 
 HANDLERS: dict[DataKind, KindHandler] = {h.kind: h for h in (ImageHandler(), VectorHandler(), TokenHandler())}

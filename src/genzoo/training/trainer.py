@@ -25,7 +25,7 @@ from genzoo._version import __version__
 from genzoo.contract import GenerativeModel, Optimizers, Stage, eval_mode
 from genzoo.data.base import Dataset
 from genzoo.errors import ConfigError, NonFiniteError
-from genzoo.io import load_tensors
+from genzoo.io import atomic_write_bytes, load_tensors
 from genzoo.runs import RunDir
 from genzoo.runs.checkpoint import load_weights, optimizer_from_files, restore_rng
 from genzoo.training.ema import EMA
@@ -335,8 +335,9 @@ class Trainer:
         directory.mkdir(parents=True, exist_ok=True)
         reference = next(self.dataset.batches("val", 1000)).x
         with self._weights_for_eval():
-            for name in (f"step-{self.step:07d}", "latest"):
-                handler.preview(self.model, reference, directory / f"{name}{handler.preview_suffix}")
+            step_file = directory / f"step-{self.step:07d}{handler.preview_suffix}"
+            written = handler.preview(self.model, reference, step_file)
+        atomic_write_bytes(directory / f"latest{written.suffix}", written.read_bytes())  # drawn once, kept twice
         self.last_preview = self.step
 
     def _advance_stage(self, target: int | None, elapsed: float) -> None:
