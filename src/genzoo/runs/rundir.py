@@ -185,23 +185,18 @@ class RunDir:
     # ----- metrics -------------------------------------------------------------------------------------------------
     def metrics(self) -> list[dict[str, Any]]:
         """All records of ``metrics.jsonl`` (a torn last line from a crash is skipped)."""
-        if not self.metrics_path.exists():
-            return []
-        records = []
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
+        return _records(self._metrics_text())
+
+    def _metrics_text(self) -> str:
+        return self.metrics_path.read_text(encoding="utf-8") if self.metrics_path.exists() else ""
 
     def truncate_metrics(self, step: int) -> None:
-        """Drop records after ``step`` (logged by a process that died before its next checkpoint), so a resumed
-        run's ``metrics.jsonl`` has no duplicate rows for the replayed steps."""
-        records = self.metrics()
+        """Drop records after ``step`` (logged by a process that died before its next checkpoint) and a torn last
+        line, so a resumed run's ``metrics.jsonl`` has no duplicate rows for the replayed steps."""
+        text = self._metrics_text()
+        records = _records(text)
         kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step]
-        if len(kept) != len(records) or (self.metrics_path.exists() and not self.metrics_path.read_text().endswith(
-                "\n") and records):
+        if len(kept) != len(records) or (text and not text.endswith("\n")):
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # ----- the lock ------------------------------------------------------------------------------------------------
@@ -220,6 +215,16 @@ class RunDir:
             yield
         finally:
             handle.close()  # closing releases the lock
+
+
+def _records(text: str) -> list[dict[str, Any]]:
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def _try_lock(handle: Any, path: Path) -> None:

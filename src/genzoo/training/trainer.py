@@ -16,6 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -180,7 +181,7 @@ class Trainer:
         self.last_preview: int | None = None
         self.val_generator_seed = cfg.seed + 7919
         if resume:
-            state, tensors = self._resume()
+            state, tensors, folder = self._resume()
         else:
             self._create(run_config)
         self.optimizers = model.configure_optimizers()
@@ -193,7 +194,7 @@ class Trainer:
         self.optim.accumulate = cfg.grad_accum
         self.ema = EMA(model, cfg.ema_decay, model.ema_targets()) if cfg.ema_decay else None
         if resume:
-            self._restore(state, tensors)
+            self._restore(state, tensors, folder)
         self.optim.stage = self.stage
         self.logger = MetricsLogger(self.run.path)
 
@@ -225,21 +226,22 @@ class Trainer:
         with torch.no_grad():
             self.model.setup(first)
 
-    def _resume(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    def _resume(self) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
+        """Weights and counters of ``last/``; the optimizer, EMA and RNG state follow in :meth:`_restore`, once the
+        optimizers and the EMA exist."""
         state, tensors, folder = self.run.resume_state()
         load_weights(self.model, folder / "model.safetensors")
-        self._folder = folder
         self.step, self.best, self.last_saved = state["step"], state.get("best"), state["step"]
         self.last_validated = self.last_preview = state["step"]
         self.stage_index = min(int(state.get("stage", 0)), len(self.stages) - 1)
         self.run.truncate_metrics(self.step)
-        return state, tensors
+        return state, tensors, folder
 
-    def _restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    def _restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path) -> None:
         optimizer_from_files(self.optimizers, {k: v for k, v in tensors.items() if not k.startswith("rng/")},
                              state["optimizers"])
         if self.ema is not None:
-            self.ema.load_model_tensors(load_tensors(self._folder / "ema.safetensors"))
+            self.ema.load_model_tensors(load_tensors(folder / "ema.safetensors"))
         restore_rng({k[4:]: v for k, v in tensors.items() if k.startswith("rng/")})
 
     def _save(self, name: str) -> None:

@@ -162,18 +162,22 @@ class TokenSequenceModel(TextGenerationMixin, GenerativeModel):
         """Forward FLOPs of one token at ``position`` (0 = BOS) with the cache; None when unknown."""
         return None
 
+    def _flops_per_position(self) -> list[float] | None:
+        per = [self.token_flops(p) for p in range(self.seq_len)]
+        return None if any(f is None for f in per) else per  # type: ignore[return-value]
+
     def train_flops_per_example(self) -> float | None:
         """Training FLOPs (forward + backward = 3x forward) of one example; None when unknown."""
-        per = [self.token_flops(p) for p in range(self.seq_len)]
-        return None if any(f is None for f in per) else 3.0 * sum(per)
+        per = self._flops_per_position()
+        return None if per is None else 3.0 * sum(per)
 
     def cost(self, **options: Any) -> Cost:
         """One network call per generated token (a sample is ``seq_len`` tokens after BOS). FLOPs: with the cache
         each token is read once; without it step s re-reads all s + 1 positions so far."""
         typed = self.sample_options(**options)
-        per = [self.token_flops(p) for p in range(self.seq_len)]
+        per = self._flops_per_position()
         flops = None
-        if all(f is not None for f in per):
+        if per is not None:
             flops = float(sum(per)) if typed.use_cache else float(sum(sum(per[: s + 1]) for s in range(len(per))))
         return Cost(nfe_per_sample=self.seq_len, flops_per_sample=flops,
                     train_flops_per_example=self.train_flops_per_example())
