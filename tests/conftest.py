@@ -8,9 +8,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from genzoo.contract import DataInfo, DataKind
+from genzoo.contract import DataInfo, DataKind, GenerativeModel
 from genzoo.data import Dataset, TensorDataset, split_tensors
 from genzoo.data.specs import load_dataset
+from genzoo.registry import build_model
 
 # OMP_NUM_THREADS wins: on a shared, loaded machine two threads spin against each other and run 10x slower
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
@@ -61,6 +62,28 @@ TINY_BUILDERS: dict[DataKind, Callable[[], Dataset]] = {
 
 def tiny_dataset(kind: DataKind) -> Dataset:
     return TINY_BUILDERS[kind]()
+
+
+#: centres of :func:`three_clusters`
+CLUSTER_CENTRES = torch.tensor([[4.0, 0.0], [-4.0, 1.0], [0.0, 6.0]])
+
+
+def three_clusters(n: int = 600, seed: int = 0) -> TensorDataset:
+    """2-D vectors from three well-separated Gaussian clusters (standard deviations 0.5 and 1 per axis)."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    x = CLUSTER_CENTRES[y] + torch.randn(n, 2, generator=gen) * torch.tensor([0.5, 1.0])
+    train, val, test = split_tensors(x, None)
+    info = DataInfo(kind=DataKind.VECTOR, shape=(2,), mean=tuple(train.x.mean(0).tolist()),
+                    std=tuple(train.x.std(0).tolist()), spec="clusters")
+    return TensorDataset(info, train, val, test)
+
+
+def fitted(name: str, data: Dataset, **hparams: object) -> GenerativeModel:
+    """Model ``name`` fitted in one call (``fits_whole_data``) to ``data``'s training split."""
+    model = build_model(name, data.info, hparams)
+    model.fit_whole_data(data.examples("train"), data.examples("val"), torch.Generator().manual_seed(0))
+    return model
 
 
 @pytest.fixture(autouse=True)

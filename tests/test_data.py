@@ -418,3 +418,21 @@ def test_spec_naming_nothing(tmp_path: Path) -> None:
     assert_data_error("  ", "empty data spec")
     assert_data_error("digits:extra", "takes no argument")
     assert snapshot(tmp_path) == before
+
+
+def test_binarize_thresholds_images_at_one_half(tmp_path: Path) -> None:
+    plain, binary = load_dataset("digits"), load_dataset("digits#binarize")
+    assert binary.info.levels == 2 and plain.info.levels == 17
+    assert torch.equal(binary.train.x, (plain.train.x >= 0.5).float())
+    assert torch.equal(binary.test.y, plain.test.y)
+    write_mnist(tmp_path, "t10k", 30, gz=True)
+    mnist = load_dataset(f"mnist:{tmp_path}#binarize", image_size=8)
+    assert mnist.info.levels == 2 and set(mnist.train.x.unique().tolist()) <= {0.0, 1.0}
+    assert mnist.train.x.shape[-1] == 8  # resized first, then thresholded
+    assert load_dataset("digits#binarize=no").info.levels == 17
+
+
+def test_binarize_errors_name_the_problem() -> None:
+    assert_data_error("digits#binarize=maybe", "binarize must be true or false", "maybe")
+    assert_data_error("toy:moons#binarize", "toy data takes no #options")
+    assert_data_error("digits#context=3", "unknown data spec option 'context'")

@@ -11,7 +11,7 @@ import genzoo
 from conftest import FAST
 from genzoo.contract import Batch, DataInfo, DataKind, Optimizers
 from genzoo.data import TensorDataset, split_tensors
-from genzoo.models.vae.vae import discretized_logistic_log_prob
+from genzoo.nn.discrete import discretized_logistic_log_prob
 from genzoo.registry import build_model
 
 

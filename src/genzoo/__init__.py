@@ -26,9 +26,11 @@ from genzoo.contract import (
 from genzoo.data import Dataset, load_dataset
 from genzoo.editing import edit
 from genzoo.errors import ConfigError, DataError, GenzooError, NonFiniteError, RunDirError
-from genzoo.eval import compare_sets, evaluate
+from genzoo.eval import compare_sets, evaluate, score
 from genzoo.registry import build_model, model_class, model_names, register
 from genzoo.runs import RunDir, load, read_config
+from genzoo.selection.advise import advise
+from genzoo.selection.arena import arena
 from genzoo.training import TrainConfig, train
 
 __all__ = [
@@ -52,6 +54,8 @@ __all__ = [
     "Stage",
     "TrainConfig",
     "__version__",
+    "advise",
+    "arena",
     "build_model",
     "compare_sets",
     "create",
@@ -65,5 +69,6 @@ __all__ = [
     "model_names",
     "read_config",
     "register",
+    "score",
     "train",
 ]

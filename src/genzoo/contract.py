@@ -288,6 +288,17 @@ class GenerativeModel(nn.Module):
     smoke_overfit_steps: ClassVar[int] = 50
     #: trainer settings this model prefers over the trainer's defaults (e.g. ``{"ema_decay": 0.999}``)
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: sampling/editing options that keep the contract tests fast (e.g. fewer sampler steps)
+    smoke_sample_options: ClassVar[dict[str, Any]] = {}
+    #: training steps that give recognisable samples of the built-in digits quickly (tens of seconds on two quiet
+    #: CPU cores): ``genzoo demo`` and quick arenas train by steps, so a busy machine gives the same results, only
+    #: later; None: not calibrated, quick runs use time
+    quick_steps: ClassVar[int | None] = None
+    #: fitted in one call on the whole training split (:meth:`fit_whole_data`, e.g. a scikit-learn mixture) instead
+    #: of by training steps
+    fits_whole_data: ClassVar[bool] = False
+    #: what :meth:`score` returns (a column name in ``genzoo score``'s CSV)
+    score_name: ClassVar[str] = "nll_nats"
 
     def __init__(self, config: ModelConfig, data: DataInfo) -> None:
         super().__init__()
@@ -339,7 +350,11 @@ class GenerativeModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        """Where the weights are (the buffers for a model without parameters, e.g. a fitted mixture)."""
+        tensor = next(self.parameters(), None)
+        if tensor is None:
+            tensor = next(self.buffers(), None)
+        return torch.device("cpu") if tensor is None else tensor.device
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -402,6 +417,12 @@ class GenerativeModel(nn.Module):
         With several ``stages``, ``optim.stage`` says which one is running."""
         raise NotImplementedError
 
+    def fit_whole_data(self, train: Batch, val: Batch, generator: torch.Generator) -> dict[str, float]:
+        """Fit on every training example in one call (models declaring ``fits_whole_data``); ``val`` is the whole
+        validation split, for choices made by held-out likelihood. Returns the metrics to log. The trainer counts
+        the fit as one step and does not call :meth:`training_step`."""
+        raise GenzooError(f"model '{self.name}' trains by steps, not in one fit")
+
     def validation_step(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
         """Metrics on one held-out batch (lower is better for ``validation_metric``). Called under no_grad unless
         ``validation_needs_grad``."""
@@ -431,6 +452,30 @@ class GenerativeModel(nn.Module):
         if int(labels.max()) >= (self.data.num_classes or 0) or int(labels.min()) < 0:
             raise GenzooError(f"class label out of range 0..{(self.data.num_classes or 1) - 1}")
         return labels.to(self.device)
+
+    def edit_inputs(self, image: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Images to edit as (N, C, H, W) in [0, 1] on the model's device, and the mask as a boolean (N, C, H, W)
+        'generate' map (non-zero = generate); one clear error for a wrong shape, range or an empty mask."""
+        if self.data.kind is not DataKind.IMAGE:
+            raise GenzooError(f"model '{self.name}' does not make images; nothing to edit")
+        image = torch.as_tensor(image, dtype=torch.float32)
+        image = image.unsqueeze(0) if image.dim() == len(self.data.shape) else image
+        if tuple(image.shape[1:]) != tuple(self.data.shape):
+            raise GenzooError(f"image has shape {tuple(image.shape[1:])}, the model expects {tuple(self.data.shape)} "
+                              "(channels, height, width)")
+        if image.min() < 0 or image.max() > 1:
+            raise GenzooError("image values must be in [0, 1]")
+        image = image.to(self.device)
+        if mask is None:
+            return image, None
+        try:
+            fill = torch.broadcast_to(torch.as_tensor(mask).to(self.device) != 0, image.shape)
+        except RuntimeError:
+            raise GenzooError(f"mask of shape {tuple(torch.as_tensor(mask).shape)} does not match image of shape "
+                              f"{tuple(image.shape)}") from None
+        if not fill.any():
+            raise GenzooError("the mask is empty: no non-zero (white) pixel marks anything to generate")
+        return image, fill
 
     def sample(
         self,
@@ -480,7 +525,8 @@ class GenerativeModel(nn.Module):
         raise GenzooError(f"model '{self.name}' has no likelihood")
 
     def score(self, x: Tensor) -> Tensor:
-        """Per-example anomaly score (higher = more unusual): the negative log-likelihood in nats by default."""
+        """Per-example anomaly score (higher = more unusual): the negative log-likelihood in nats by default;
+        models with an energy or free energy override it and say what it is in :attr:`score_name`."""
         self.require(Capability.ANOMALY_SCORE)
         with eval_mode(self), torch.no_grad():
             return -self.log_likelihood(x.to(self.device)).values

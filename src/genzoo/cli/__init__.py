@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from genzoo.cli import demo, edit, eval, info, list_models, sample, train  # noqa: F401  (modules register commands)
+from genzoo.cli import advise, arena, demo, edit, eval, info, list_models, sample, score, train  # noqa: F401  (modules register commands)
 from genzoo.cli.app import app, err_console
 from genzoo.errors import GenzooError
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from genzoo.contract import DataInfo, DataKind
 from genzoo.data.base import ReferenceDensity, TensorDataset, check_finite, split_tensors
 from genzoo.data.images import resize_images
-from genzoo.data.specs import DataOptions, register_loader
+from genzoo.data.specs import IMAGE_OPTIONS, DataOptions, register_loader
 from genzoo.errors import DataError
 
 #: most classes a label array may have (class ids 0..MAX_CLASSES-1); more is almost surely not a class label
@@ -143,13 +143,15 @@ def read_numpy(path: Path, prefix: str) -> tuple[np.ndarray, np.ndarray | None, 
         raise DataError(f"{path}: not a readable {prefix} file ({err})") from None
 
 
-@register_loader("npz", "npz:FILE  array 'x' (or the first array) as images or vectors; optional labels 'y'")
+@register_loader("npz", "npz:FILE  array 'x' (or the first array) as images or vectors; optional labels 'y'",
+                 options=IMAGE_OPTIONS)
 def load_npz(arg: str | None, options: DataOptions) -> TensorDataset:
     x, y, source = read_numpy(existing_file(arg, "npz"), "npz")
     return array_dataset(x, y, source, options)
 
 
-@register_loader("npy", "npy:FILE  one array: (N, D) vectors or (N, H, W[, C]) / (N, C, H, W) images")
+@register_loader("npy", "npy:FILE  one array: (N, D) vectors or (N, H, W[, C]) / (N, C, H, W) images",
+                 options=IMAGE_OPTIONS)
 def load_npy(arg: str | None, options: DataOptions) -> TensorDataset:
     x, y, source = read_numpy(existing_file(arg, "npy"), "npy")
     return array_dataset(x, y, source, options)

@@ -9,13 +9,13 @@ same held-out examples.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from genzoo.contract import Batch, DataInfo
+from genzoo.contract import Batch, DataInfo, DataKind
 from genzoo.errors import DataError
 
 #: seed of the train/val/test permutation; fixed so that splits never depend on the training seed
@@ -57,6 +57,14 @@ class Dataset:
 
     def size(self, split: str) -> int:
         raise NotImplementedError
+
+    def examples(self, *splits: str) -> Batch:
+        """Every example of the named splits as one batch (labels only when every part has them)."""
+        parts = [b for name in splits for b in self.batches(name, 4096)]
+        if not parts:
+            raise DataError(f"data '{self.info.spec}' has no examples in the {'/'.join(splits)} split")
+        ys = [b.y for b in parts]
+        return Batch(torch.cat([b.x for b in parts]), None if any(y is None for y in ys) else torch.cat(ys))
 
     #: the true distribution when it is known (toy densities): fresh samples, exact log-density, modes
     reference: ReferenceDensity | None = None
@@ -105,6 +113,14 @@ class TensorDataset(Dataset):
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             yield data[start:stop]
+
+    def binarized(self) -> TensorDataset:
+        """The same images thresholded at 1/2: binary data (2 levels), as binarized MNIST is usually defined."""
+        if self.info.kind is not DataKind.IMAGE:
+            raise DataError(f"data '{self.info.spec}' is {self.info.kind.value} data; only images can be binarized")
+        binary = lambda b: Batch((b.x >= 0.5).float(), b.y)  # noqa: E731
+        return replace(self, info=replace(self.info, levels=2), train=binary(self.train), val=binary(self.val),
+                       test=binary(self.test))
 
 
 def split_tensors(x: Tensor, y: Tensor | None, fractions: tuple[float, float] = (0.8, 0.1)) -> tuple[Batch, ...]:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from genzoo.contract import Batch, DataInfo, DataKind
 from genzoo.data.base import SPLIT_SEED, TensorDataset, split_tensors
-from genzoo.data.specs import DataOptions, register_loader
+from genzoo.data.specs import IMAGE_OPTIONS, DataOptions, register_loader
 from genzoo.errors import DataError
 from genzoo.io import atomic_write_bytes, cache_dir
 
@@ -52,7 +52,8 @@ def _image_info(x: Tensor, levels: int | None, class_names: tuple[str, ...] | No
                     num_classes=len(class_names) if class_names else None, class_names=class_names)
 
 
-@register_loader("digits", "digits  scikit-learn's 8x8 handwritten digits (17 grey levels, 10 classes)")
+@register_loader("digits", "digits[#binarize]  scikit-learn's 8x8 handwritten digits (17 grey levels, 10 classes; "
+                 "binarize: thresholded at 1/2)", options=IMAGE_OPTIONS)
 def load_digits(arg: str | None, options: DataOptions) -> TensorDataset:
     if arg:
         raise DataError(f"'digits' takes no argument, got 'digits:{arg}'")
@@ -167,7 +168,8 @@ def _download_mnist() -> Path:
     return target
 
 
-@register_loader("mnist", "mnist[:DIR]  MNIST IDX files in DIR (gzipped or not); plain 'mnist' downloads them")
+@register_loader("mnist", "mnist[:DIR][#binarize]  MNIST IDX files in DIR (gzipped or not); plain 'mnist' downloads "
+                 "them", options=IMAGE_OPTIONS)
 def load_mnist(arg: str | None, options: DataOptions) -> TensorDataset:
     """The official training file gives train/validation (90/10), the official t10k file the test split; when
     only one of the two pairs is present it is cut 80/10/10. Fashion-MNIST and other sets in the same format
@@ -250,7 +252,8 @@ def _read_image(path: Path, size: int | None) -> np.ndarray:
         raise DataError(f"{path}: unreadable or truncated image ({err})") from None
 
 
-@register_loader("folder", "folder:DIR  (or just DIR) PNG/JPEG images found recursively; >=2 subfolders = classes")
+@register_loader("folder", "folder:DIR  (or just DIR) PNG/JPEG images found recursively; >=2 subfolders = classes",
+                 options=IMAGE_OPTIONS)
 def load_folder(arg: str | None, options: DataOptions) -> TensorDataset:
     """All images grey ('L') -> 1 channel, else RGB. Sizes must agree unless ``image_size`` is given, which
     centre-crops each image to a square and resizes it (Lanczos). 256 levels."""

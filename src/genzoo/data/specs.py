@@ -23,25 +23,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor
 
 from genzoo.contract import DataInfo
-from genzoo.data.base import Dataset
+from genzoo.data.base import Dataset, TensorDataset
 from genzoo.errors import DataError
 from genzoo.tokenizer import BPE_MIN_VOCAB, is_named_tokenizer
 
 #: the options of text data (``text:`` and ``jsonl:``), as written after ``#``
 TEXT_OPTIONS = ("context", "tokenizer", "vocab_size", "field")
+#: the options of image data, as written after ``#`` (a bare word sets a yes/no option: ``digits#binarize``)
+IMAGE_OPTIONS = ("binarize",)
 _INTEGERS = ("image_size", "context", "vocab_size")
 
 
 class DataOptions(BaseModel):
     """Options that apply to some loaders, typed and checked (every problem is a :class:`DataError` naming it).
 
-    ``image_size`` resizes images to a square of that side (``--image-size``). The others are text options, written
-    after ``#`` in a ``text:``/``jsonl:`` spec: ``context``, ``tokenizer``, ``vocab_size`` and ``field``.
+    ``image_size`` resizes images to a square of that side (``--image-size``); ``binarize`` (``digits#binarize``)
+    thresholds images at 1/2. The others are text options, written after ``#`` in a ``text:``/``jsonl:`` spec:
+    ``context``, ``tokenizer``, ``vocab_size`` and ``field``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     image_size: int | None = Field(None, description="resize images to a square of this side (--image-size)")
+    binarize: bool = Field(False, description="images: threshold at 1/2, giving binary data (2 levels)")
     context: int = Field(64, description="text: tokens in one example, the model's context (at least 2)")
     tokenizer: str = Field("char", description="text: char, bpe, byte, hf:NAME, or a tokenizer.json / run to reuse")
     vocab_size: int = Field(512, description=f"text: tokens of tokenizer=bpe (at least {BPE_MIN_VOCAB}, the bytes)")
@@ -65,6 +69,14 @@ class DataOptions(BaseModel):
             return int(str(value).strip())
         except ValueError:
             raise DataError(f"{_option_name(info.field_name)} must be an integer, got '{value}'") from None
+
+    @field_validator("binarize", mode="before")
+    @classmethod
+    def _yes_no(cls, value: Any, info: Any) -> Any:
+        text = str(value).strip().lower()
+        if isinstance(value, bool) or text in ("true", "1", "yes", "false", "0", "no"):
+            return value if isinstance(value, bool) else text in ("true", "1", "yes")
+        raise DataError(f"{_option_name(info.field_name)} must be true or false, got '{value}'")
 
     @model_validator(mode="after")
     def _ranges(self) -> DataOptions:
@@ -175,14 +187,18 @@ def parse_fragment(fragment: str, prefix: str, spec: str) -> dict[str, str]:
         key = key.strip()
         if not entry.options:
             raise DataError(f"data spec '{spec}': {prefix} data takes no #options (got '{key}'); options after # "
-                            "are for text data: text:FILE#context=64,tokenizer=bpe")
+                            "are for text data (text:FILE#context=64,tokenizer=bpe) and images (digits#binarize)")
         known = ", ".join(entry.options)
+        what = "text spec option" if set(entry.options) & set(TEXT_OPTIONS) else "data spec option"
         if not sep:
-            if entry.bare is None:
-                raise DataError(f"text spec option '{item}' is not key=value (known keys: {known})")
-            key, value = entry.bare, item
+            if key in entry.options and DataOptions.model_fields[key].annotation is bool:
+                value = "true"
+            elif entry.bare is None:
+                raise DataError(f"{what} '{item}' is not key=value (known keys: {known})")
+            else:
+                key, value = entry.bare, item
         if key not in entry.options:
-            raise DataError(f"unknown text spec option '{key}' (known: {known})")
+            raise DataError(f"unknown {what} '{key}' (known: {known})")
         values[key] = value.strip()
     return values
 
@@ -206,7 +222,15 @@ def load_dataset(spec: str, image_size: int | None = None, options: DataOptions 
         base = base.merged(image_size=image_size)
     typed = base.merged(**written)
     dataset = _LOADERS[prefix].load(arg, typed)
+    if typed.binarize:
+        dataset = _binarized(dataset, spec)
     return _with_spec(dataset, spec, typed.image_size)
+
+
+def _binarized(dataset: Dataset, spec: str) -> Dataset:
+    if not isinstance(dataset, TensorDataset):
+        raise DataError(f"data spec '{spec}': this data cannot be binarized")
+    return dataset.binarized()
 
 
 def recorded_options(info: DataInfo) -> DataOptions | None:

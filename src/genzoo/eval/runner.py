@@ -35,14 +35,6 @@ from genzoo.tokenizer import is_named_tokenizer
 REAL_SEED = 20260303
 
 
-def _split(dataset: Dataset, *names: str) -> Batch:
-    parts = [b for name in names for b in dataset.batches(name, 4096)]
-    if not parts:
-        raise GenzooError(f"data '{dataset.info.spec}' has no examples in the {'/'.join(names)} split")
-    ys = [b.y for b in parts]
-    return Batch(torch.cat([b.x for b in parts]), None if any(y is None for y in ys) else torch.cat(ys))
-
-
 def _resolve(run_or_model: str | Path | GenerativeModel, data: str | Dataset | None
              ) -> tuple[GenerativeModel, Path | None, dict[str, Any] | None, Dataset]:
     run, config = None, None
@@ -180,7 +172,7 @@ def _evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None, seed
     model, run, config, dataset = _resolve(run_or_model, data)
     info = dataset.info
     model.eval()
-    train, held, test = _split(dataset, "train"), _split(dataset, "val", "test"), _split(dataset, "test")
+    train, held, test = dataset.examples("train"), dataset.examples("val", "test"), dataset.examples("test")
     n = min(protocol.n_max, len(held)) if n is None else n
     labels = None
     if Capability.SAMPLE not in model.capabilities and Capability.CONDITIONAL_SAMPLE in model.capabilities:

@@ -358,6 +358,8 @@ class Trainer:
 
     # ----- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        if self.model.fits_whole_data:
+            return self._fit_whole_data()
         cfg = self.cfg
         target = cfg.target_steps()
         start_step, start = self.step, time.perf_counter()
@@ -392,6 +394,23 @@ class Trainer:
         self.logger.close()
         return {"steps": self.step, "seconds": elapsed, "steps_per_s": (self.step - start_step) / max(elapsed, 1e-9),
                 "best": self.best, "validation_metric": self.validation_metric, "last_val": val}
+
+    def _fit_whole_data(self) -> dict[str, Any]:
+        """One call on the whole training split (a fitted mixture): that is the run's one step; a resumed run that
+        has it does nothing more. Steps and budget do not apply."""
+        start = time.perf_counter()
+        if self.step == 0:
+            train, val = self.dataset.examples("train").to(self.device), self.dataset.examples("val").to(self.device)
+            generator = torch.Generator().manual_seed(self.cfg.seed)
+            with torch.no_grad():
+                metrics = self.model.fit_whole_data(train, val, generator)
+            self.step = 1
+            self.logger.log(self.step, "train", {**metrics, "fit_seconds": time.perf_counter() - start})
+        self._finish()
+        self.logger.close()
+        elapsed = time.perf_counter() - start
+        return {"steps": self.step, "seconds": elapsed, "steps_per_s": None, "best": self.best,
+                "validation_metric": self.validation_metric, "last_val": {}}
 
     def _finish(self) -> None:
         """Every run ends validated, with a preview and a ``last/`` checkpoint of its final step."""

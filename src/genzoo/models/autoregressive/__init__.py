@@ -1,1 +1,2 @@
-"""Autoregressive models: recurrent language models and the token-sequence base they share with gpt."""
+"""Autoregressive models: recurrent language models, the token-sequence base shared with gpt, and pixel-level models
+(PixelCNN, gated PixelCNN) and MADE for images and vectors."""

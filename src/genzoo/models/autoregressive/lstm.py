@@ -22,6 +22,7 @@ class LSTM(TokenSequenceModel):
     """Recurrent (LSTM or GRU) language model over tokens or pixel sequences."""
 
     name = "lstm"
+    quick_steps = 600
     family = "autoregressive"
     smoke_config: ClassVar[dict[str, Any]] = {"layers": 1, "width": 16}
 

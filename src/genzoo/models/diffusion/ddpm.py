@@ -122,6 +122,7 @@ class DDPM(GenerativeModel):
     classifier-free guidance, inpainting (RePaint), image-to-image (SDEdit) and a variational bound."""
 
     name = "ddpm"
+    quick_steps = 400
     family = "diffusion"
     Config = DDPMConfig
     data_kinds = frozenset({DataKind.IMAGE, DataKind.VECTOR})
@@ -130,6 +131,7 @@ class DDPM(GenerativeModel):
     smoke_config: ClassVar[dict[str, Any]] = {"timesteps": 50, "width": 8, "channel_mult": [1, 2], "mlp_width": 32,
                                               "mlp_depth": 1, "bound_steps": 5}
     smoke_overfit_steps: ClassVar[int] = 30
+    smoke_sample_options: ClassVar[dict[str, Any]] = {"steps": 4}
     SampleOptions = DDPMSampleOptions
     train_defaults: ClassVar[dict[str, Any]] = {"ema_decay": 0.999, "batch_size": 128, "warmup_steps": 100}
     config: DDPMConfig
@@ -247,18 +249,6 @@ class DDPM(GenerativeModel):
         return self._run(None, n, generator, labels, options)
 
     # ----- editing -------------------------------------------------------------------------------------------------
-    def _check_image(self, image: Tensor) -> Tensor:
-        if self.data.kind is not DataKind.IMAGE:
-            raise GenzooError("editing needs an image model")
-        image = torch.as_tensor(image, dtype=torch.float32)
-        image = image.unsqueeze(0) if image.dim() == len(self.data.shape) else image
-        if tuple(image.shape[1:]) != self.data.shape:
-            raise GenzooError(f"image has shape {tuple(image.shape[1:])}, the model expects {self.data.shape} "
-                              "(channels, height, width)")
-        if image.min() < 0 or image.max() > 1:
-            raise GenzooError("image values must be in [0, 1]")
-        return image.to(self.device)
-
     def _edit_options(self, sampler: str = "ddpm", steps: int | None = None, **options: Any) -> DDPMSampleOptions:
         """Validated sampling options of an edit: ancestral sampling on 100 steps unless told."""
         typed = cast(DDPMSampleOptions, self.sample_options(sampler=sampler, steps=steps, **options))
@@ -276,20 +266,10 @@ class DDPM(GenerativeModel):
         Defaults: RePaint-style ancestral sampling, 100 steps, each redone ``resample`` times."""
         options = self._edit_options(sampler=sampler, steps=steps, eta=eta, guidance=guidance)
         rounds = Resample(resample)
-        image = self._check_image(image)
+        image, fill = self.edit_inputs(image, mask)
         if not 0.0 < strength <= 1.0:
             raise GenzooError(f"strength must be in (0, 1], got {strength}")
-        known = None
-        if mask is not None:
-            mask = torch.as_tensor(mask, dtype=torch.float32).to(self.device)
-            try:
-                fill = torch.broadcast_to(mask != 0, image.shape)
-            except RuntimeError:
-                raise GenzooError(f"mask of shape {tuple(mask.shape)} does not match image of shape "
-                                  f"{tuple(image.shape)}") from None
-            if not fill.any():
-                raise GenzooError("the mask is empty: no non-zero (white) pixel marks anything to generate")
-            known = Known(self.preprocess(image), (~fill).float())
+        known = None if fill is None else Known(self.preprocess(image), (~fill).float())
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         labels = self.check_labels(labels, len(image))

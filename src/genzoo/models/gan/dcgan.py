@@ -44,6 +44,7 @@ class DCGAN(GAN):
     """Deep convolutional GAN: a generator against a real/fake classifier (non-saturating loss)."""
 
     name = "dcgan"
+    quick_steps = 1000
     Config = DCGANConfig
     config: DCGANConfig
 

@@ -50,6 +50,7 @@ class WGANGP(GAN):
     """Wasserstein GAN with gradient penalty: a generator against a 1-Lipschitz critic."""
 
     name = "wgan-gp"
+    quick_steps = 1000
     Config = WGANGPConfig
     config: WGANGPConfig
 

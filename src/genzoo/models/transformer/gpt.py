@@ -92,6 +92,7 @@ class GPT(TokenSequenceModel):
     """Decoder-only transformer language model (causal attention, KV cache); pixels as tokens for images."""
 
     name = "gpt"
+    quick_steps = 600
     family = "transformer"
     smoke_config: ClassVar[dict[str, Any]] = {"layers": 1, "heads": 2, "width": 16}
     #: bf16 autocast while training where the hardware computes bf16 natively (the trainer's ``precision``)

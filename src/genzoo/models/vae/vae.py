@@ -42,6 +42,7 @@ from genzoo.contract import (
 )
 from genzoo.errors import ConfigError
 from genzoo.nn import ConvDecoder, ConvEncoder, mlp
+from genzoo.nn.discrete import discretized_logistic_log_prob
 from genzoo.registry import register
 
 Likelihood = Literal["auto", "bernoulli", "categorical", "logistic", "gaussian"]
@@ -73,28 +74,12 @@ def choose_likelihood(requested: Likelihood, data: DataInfo) -> str:
     return "categorical" if data.levels <= 64 else "logistic"
 
 
-def discretized_logistic_log_prob(k: Tensor, mean: Tensor, log_scale: Tensor, levels: int) -> Tensor:
-    """log P(level k) under a logistic(mean, scale) on [-1, 1] cut into ``levels`` bins (edges at +-inf)."""
-    centre = 2.0 * k / (levels - 1) - 1.0
-    half = 1.0 / (levels - 1)
-    inv_s = torch.exp(-log_scale)
-    upper = inv_s * (centre + half - mean)
-    lower = inv_s * (centre - half - mean)
-    log_cdf_upper = F.logsigmoid(upper)  # log sigma(u)
-    log_one_minus_cdf_lower = -F.softplus(lower)  # log (1 - sigma(l))
-    delta = torch.sigmoid(upper) - torch.sigmoid(lower)
-    # mid-bin density approximation where the difference underflows
-    mid = inv_s * (centre - mean)
-    log_pdf_mid = mid - log_scale - 2.0 * F.softplus(mid) + math.log(2 * half)
-    interior = torch.where(delta > 1e-5, torch.log(delta.clamp_min(1e-12)), log_pdf_mid)
-    return torch.where(k == 0, log_cdf_upper, torch.where(k == levels - 1, log_one_minus_cdf_lower, interior))
-
-
 @register
 class VAE(GenerativeModel):
     """Variational autoencoder with a data-matched decoder likelihood; beta > 1 gives a beta-VAE."""
 
     name = "vae"
+    quick_steps = 500
     family = "vae"
     Config = VAEConfig
     data_kinds = frozenset({DataKind.IMAGE, DataKind.VECTOR})

@@ -1,0 +1,1 @@
+"""Classical density models, the baselines every deep family is read against."""
