@@ -166,12 +166,13 @@ def test_an_interrupted_training_run_continues_with_the_budget_left(tmp_path: Pa
         arena(data, budget="3s", models=["vae"], out=out, report=False)
     run = RunDir(out / "runs" / "vae-seed0")
     steps_before, spent = run.trainer_state("last")["step"], trained_seconds(run)
-    assert _statuses(out)["vae"] == "pending" and 1.0 <= spent < 1.5
+    # wall-clock bounds are loose: on a loaded machine one step and the run's closing validation take a while
+    assert _statuses(out)["vae"] == "pending" and 1.0 <= spent < 2.5
     monkeypatch.setattr(arena_module, "train", recording_train)
     arena(data, budget="3s", models=["vae"], out=out, resume=True, report=False)
     first = given[0]
     assert first["model"] is None and first["resume"] and first["budget"] == pytest.approx(3.0 - spent, abs=1e-6)
-    assert run.trainer_state("last")["step"] > steps_before and trained_seconds(run) == pytest.approx(3.0, abs=0.5)
+    assert run.trainer_state("last")["step"] > steps_before and 2.5 <= trained_seconds(run) < 4.5
 
 
 def test_a_text_arena_compares_language_models_by_bits_per_char(tmp_path: Path) -> None:

@@ -292,11 +292,12 @@ def candidates(info: Any, models: list[str] | None) -> list[str]:
 
 
 def trained_seconds(run: RunDir) -> float:
-    """Training time a run has had, summed over its invocations (each restarts the metrics' clock)."""
+    """Training time a run has had, summed over its invocations (each restarts the metrics' clock and, when it
+    resumes a run, starts with a ``resume`` record)."""
     total, segment, last = 0.0, 0.0, -1.0
     for record in run.metrics():
         t = float(record.get("time", 0.0))
-        if t < last:  # a new invocation
+        if record.get("split") == "resume" or t < last:  # a new invocation
             total += segment
         segment, last = t, t
     return total + segment

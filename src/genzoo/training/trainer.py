@@ -197,6 +197,8 @@ class Trainer:
             self._restore(state, tensors, folder)
         self.optim.stage = self.stage
         self.logger = MetricsLogger(self.run.path)
+        if resume:  # marks where this invocation's clock ("time") restarts from 0
+            self.logger.log(self.step, "resume", {})
 
     @property
     def stage(self) -> Stage:
