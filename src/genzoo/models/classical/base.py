@@ -14,7 +14,6 @@ chosen by what is reported.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from genzoo.contract import Batch, Capability, DataKind, GenerativeModel, LogLikelihood
-from genzoo.metrics import dequantize
+from genzoo.metrics import dequantize, to_discrete
 
 
 class FittedDensity(GenerativeModel):
@@ -68,11 +67,11 @@ class FittedDensity(GenerativeModel):
         return dequantize(x, levels, generator) if levels else x
 
     def bits_per_dim(self, log_p: Tensor) -> float:
-        """Mean bits/dim of densities ``log_p`` of dequantized points, as probabilities of the levels."""
-        levels = self.levels()
-        if levels:
-            log_p = log_p - self.data.dims * math.log(levels - 1)
-        return float(-log_p.double().mean()) / (self.data.dims * math.log(2.0))
+        """Mean bits/dim of densities ``log_p`` of dequantized points, as probabilities of the levels (the
+        conversion ``genzoo eval`` applies, :func:`genzoo.metrics.to_discrete`)."""
+        ll = to_discrete(LogLikelihood(log_p.double(), "exact", False, self.method), self.data.dims, self.levels(),
+                         dequantized=True)
+        return float(ll.bits_per_dim(self.data.dims).mean())
 
     def held_out_bits_per_dim(self, x: Tensor, generator: torch.Generator) -> float:
         """Held-out bits/dim in the evaluation convention (dequantized probabilities of the levels)."""
