@@ -428,6 +428,14 @@ class GenerativeModel(nn.Module):
         ``validation_needs_grad``."""
         raise NotImplementedError
 
+    def task_metrics(self, test: Batch, generator: torch.Generator) -> dict[str, float]:
+        """Metrics of what this model does beyond sampling, on the held-out test split: a seq2seq model's exact
+        match, a translation error against a known mapping, a VQ-VAE's code perplexity, a masked model's
+        pseudo-log-likelihood. ``genzoo eval`` records them under the model row's ``task``, apart from the
+        likelihood columns (a pseudo-likelihood is not a likelihood). Names say the direction (``_error``, ``_accuracy``
+        ...). Default: none."""
+        return {}
+
     # ----- sampling --------------------------------------------------------------------------------------------
     @classmethod
     def sample_options(cls, **options: Any) -> SampleOptions:

@@ -70,18 +70,16 @@ def _resize(x: Tensor, size: tuple[int, int], mask: bool) -> Tensor:
 def edit(model: GenerativeModel | str | Path, image: Tensor | str | Path, mask: Tensor | str | Path | None = None,
          *, strength: float | None = None, **options: Any) -> Tensor:
     """Inpaint ``image`` where ``mask`` is non-zero (keeping the other pixels exactly), or, without a mask,
-    translate it with ``strength`` in (0, 1]. ``model`` is a model or a run directory; image/mask are tensors in
+    translate it (with ``strength`` in (0, 1] where the model takes one: how far from the input to go). ``model`` is a model or a run directory; image/mask are tensors in
     [0, 1] or image files (resized to the model's size). Returns (N, C, H, W) in [0, 1]."""
     if not isinstance(model, GenerativeModel):
         model = load(model)
-    if mask is None and strength is None:
-        raise GenzooError("give a mask (inpainting/outpainting) or a strength in (0, 1] (image-to-image)")
     model.require(Capability.INPAINT if mask is not None else Capability.IMG2IMG)  # before reading any file
     if model.data.kind is not DataKind.IMAGE:
         raise GenzooError(f"model '{model.name}' does not make images; nothing to edit")
     image, mask = _inputs(model, image, mask)
-    if mask is None:
-        return model.img2img(image, strength, **options)
+    if mask is None:  # image-to-image: the model's own default strength unless one is given
+        return model.img2img(image, **({} if strength is None else {"strength": strength}), **options)
     if not torch.as_tensor(mask).any():
         raise GenzooError("the mask is empty: it has no white (non-zero) pixel marking what to generate")
     if strength is not None:

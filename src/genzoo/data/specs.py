@@ -12,7 +12,9 @@ the starting model's tokenizer and context): those are defaults, and what the us
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -116,6 +118,7 @@ class _Registered:
 
 
 _LOADERS: dict[str, _Registered] = {}
+_loaders_imported = False
 
 
 def register_loader(prefix: str, help_text: str, *, options: tuple[str, ...] = (), bare: str | None = None,
@@ -135,13 +138,15 @@ def register_loader(prefix: str, help_text: str, *, options: tuple[str, ...] = (
 
 
 def _ensure_loaders() -> None:
-    # importing the modules runs their @register_loader decorators
-    from genzoo.data import (  # noqa: F401
-        arrays,
-        images,
-        text,
-        toy,
-    )
+    """Import every module of :mod:`genzoo.data` once: their ``@register_loader`` decorators run, so a new kind of
+    data is one new file."""
+    global _loaders_imported
+    if _loaders_imported:
+        return
+    package = importlib.import_module("genzoo.data")  # found at run time: this module is part of that package
+    for info in pkgutil.iter_modules(package.__path__, prefix="genzoo.data."):
+        importlib.import_module(info.name)
+    _loaders_imported = True
 
 
 def spec_help() -> list[str]:

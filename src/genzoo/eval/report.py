@@ -141,28 +141,32 @@ def table(results: list[dict[str, Any]]) -> Table:
     return columns_table(_columns(results), _caption(results))
 
 
+def _metric_rows(columns: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, list[str]]]:
+    """(label, one cell per column) for every metric with a value somewhere: the fixed :data:`METRICS`, then each
+    model's own task metrics (``task`` in a row, from ``model.task_metrics``) by name."""
+    readers = list(METRICS)
+    task_keys = dict.fromkeys(k for _, row in columns for k in (row.get("task") or {}))
+    readers += [(f"task: {key}", lambda r, key=key: _num(".4g")(_get(r, "task", key))) for key in task_keys]
+    rows = [(label, [read(row) for _, row in columns]) for label, read in readers]
+    return [(label, cells) for label, cells in rows if any(c != "–" for c in cells)]
+
+
 def columns_table(columns: list[tuple[str, dict[str, Any]]], caption: str) -> Table:
     """A rich table with one row per metric (those with a value somewhere) and one column per scored row."""
     out = Table(title="genzoo eval", caption=caption, show_lines=False)
     out.add_column("metric", style="bold")
     for name, _ in columns:
         out.add_column(name, justify="right")
-    for label, read in METRICS:
-        cells = [read(row) for _, row in columns]
-        if any(c != "–" for c in cells):
-            out.add_row(label, *cells)
+    for label, cells in _metric_rows(columns):
+        out.add_row(label, *cells)
     return out
 
 
 def html_table(results: list[dict[str, Any]]) -> str:
     columns = _columns(results)
     head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in columns)
-    body = []
-    for label, read in METRICS:
-        cells = [read(row) for _, row in columns]
-        if any(c != "–" for c in cells):
-            body.append(f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-                        + "</tr>")
+    body = [f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+            for label, cells in _metric_rows(columns)]
     return f"<table><tr><th>metric</th>{head}</tr>{''.join(body)}</table>"
 
 

@@ -83,6 +83,8 @@ def draw_samples(model: GenerativeModel, n: int, seed: int, batch: int, labels: 
     for i in range(0, n, batch):
         chunk = None if labels is None else labels[i : i + batch]
         parts.append(model.sample(min(batch, n - i), generator=generator, labels=chunk, **options).cpu())
+    if not parts:  # a model that draws no samples
+        return torch.empty(0), 0.0
     return torch.cat(parts).float(), n / max(time.perf_counter() - start, 1e-9)
 
 
@@ -179,18 +181,21 @@ def _evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None, seed
         # a model that only samples given a class gets labels in the training split's proportions
         pick = torch.randint(len(train), (n,), generator=torch.Generator().manual_seed(seed))
         labels = train.y[pick]
-    scored = info.kind in (DataKind.IMAGE, DataKind.VECTOR)
-    # token data has no sample-based metrics yet: draw a few sequences only, to time sampling
+    samples_at_all = bool({Capability.SAMPLE, Capability.CONDITIONAL_SAMPLE} & model.capabilities)
+    scored = samples_at_all and info.kind in (DataKind.IMAGE, DataKind.VECTOR)
+    # token data has no sample-based metrics yet: draw a few sequences only, to time sampling; a model that only
+    # maps inputs to outputs (seq2seq) draws none
     options = dict(sample_options or {})
-    stage(f"drawing {n if scored else min(n, 8)} samples")
-    samples, samples_per_s = draw_samples(model, n if scored else min(n, 8), seed, protocol.sample_batch, labels,
-                                          **options)
+    drawn = n if scored else min(n, 8) if samples_at_all else 0
+    stage(f"drawing {drawn} samples")
+    samples, samples_per_s = draw_samples(model, drawn, seed, protocol.sample_batch, labels, **options)
     samples, nonfinite = split_finite(samples)
     if scored and nonfinite and len(samples) < protocol.min_examples:
         raise GenzooError(f"{nonfinite} of {n} samples have NaN/Inf values; only {len(samples)} finite samples are "
                           f"left and the metrics need at least {protocol.min_examples}")
-    cost = {"parameters": model.num_parameters(), "nfe_per_sample": model.cost(**options).nfe_per_sample,
-            "samples_per_s": samples_per_s, **_training_throughput(run, config)}
+    cost = {"parameters": model.num_parameters(),
+            "nfe_per_sample": model.cost(**options).nfe_per_sample if samples_at_all else None,
+            "samples_per_s": samples_per_s if drawn else None, **_training_throughput(run, config)}
 
     rows: dict[str, dict[str, Any]] = {"reference": {}, "model": {}}
     space, offenders = None, None
@@ -219,6 +224,11 @@ def _evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None, seed
     rows["model"]["cost"] = cost
     if info.kind is DataKind.TOKENS and Capability.GENERATE_TEXT in model.capabilities:
         rows["model"]["text"] = language_metrics(model, dataset, protocol)
+    with torch.no_grad():
+        task = model.task_metrics(test[: protocol.likelihood_max].to(model.device),
+                                  torch.Generator().manual_seed(seed))
+    if task:
+        rows["model"]["task"] = task
     warning = reference_warning(min(n, len(held)), n) if scored else None
 
     result: dict[str, Any] = {
@@ -248,9 +258,13 @@ def _evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None, seed
 
 
 def language_metrics(model: GenerativeModel, dataset: Dataset, protocol: Protocol = PROTOCOL) -> dict[str, float]:
-    """Held-out loss, perplexity, bits per token/char/byte on the test split, and generation tokens/s for one
-    sequence of up to a context window with and without the KV cache (see :mod:`genzoo.metrics.text`)."""
-    out = text_metrics(model, dataset, "test", limit=protocol.likelihood_max)
+    """Held-out loss, perplexity, bits per token/char/byte on the test split (models with an exact likelihood),
+    and generation tokens/s for one sequence of up to a context window with and without the KV cache (models that
+    decode left to right: ``prefill``/``extend``); see :mod:`genzoo.metrics.text`."""
+    exact = Capability.EXACT_LIKELIHOOD in model.capabilities
+    out = text_metrics(model, dataset, "test", limit=protocol.likelihood_max) if exact else {}
+    if not hasattr(model, "extend"):
+        return out
     new_tokens = min(128, dataset.info.shape[0])
     for use_cache in (True, False):
         key = "gen_tokens_per_s_" + ("cache" if use_cache else "no_cache")
