@@ -20,7 +20,7 @@ import genzoo
 from conftest import FAST, tiny_dataset
 from genzoo.cli import main
 from genzoo.cli.app import app
-from genzoo.contract import Cost, DataInfo, DataKind, GenerativeModel, ModelConfig, SampleOptions
+from genzoo.contract import Batch, Capability, Cost, DataInfo, DataKind, GenerativeModel, ModelConfig, SampleOptions
 from genzoo.data import Dataset, load_dataset, read_examples
 from genzoo.errors import GenzooError
 from genzoo.eval import Protocol, check_comparable, compare_sets, evaluate, feature_space, table
@@ -364,3 +364,25 @@ def test_eval_json_is_standard_json_even_with_an_infinite_nll(tmp_path: Path) ->
     assert saved["rows"]["model"]["likelihood"]["nll_nats"] is None and saved["rows"]["model"]["kid"] is None
     shown = columns_table([("model", saved["rows"]["model"])], "")
     assert _row_of(shown, "NLL nats/example ↓") == ["≤ inf"]
+
+
+def test_task_metrics_are_recorded_apart_from_likelihoods_and_a_mapping_model_draws_no_samples(
+        digits: Dataset) -> None:
+    class Mapper(Replay):
+        """Maps each image to its negative: no sampler, one task metric computed from the test split."""
+
+        base_capabilities = frozenset({Capability.IMG2IMG})
+
+        def img2img(self, x: Tensor, strength: float = 0.5, **options: object) -> Tensor:
+            return 1 - x
+
+        def task_metrics(self, test: Batch, generator: torch.Generator) -> dict[str, float]:
+            return {"negation_error": float((self.img2img(test.x) - (1 - test.x)).abs().mean()),
+                    "examples": float(len(test))}
+
+    result = evaluate(Mapper(digits.info, digits.train.x[:4]), data=digits, protocol=QUICK, report=False)
+    model_row = result["rows"]["model"]
+    assert model_row["task"] == {"negation_error": 0.0, "examples": float(len(digits.examples("test")))}
+    assert model_row["likelihood"] is None and "fd" not in model_row
+    assert model_row["cost"]["samples_per_s"] is None and model_row["cost"]["nfe_per_sample"] is None
+    assert _row_of(table([result]), "task: negation_error") == ["–", "0"]

@@ -290,6 +290,10 @@ class GenerativeModel(nn.Module):
     train_defaults: ClassVar[dict[str, Any]] = {}
     #: sampling/editing options that keep the contract tests fast (e.g. fewer sampler steps)
     smoke_sample_options: ClassVar[dict[str, Any]] = {}
+    #: a data spec to smoke-test this model on when a generic small dataset of its data kind does not fit it (a
+    #: two-domain pair such as ``pair:digits-thick``, input-output pairs such as ``task:reverse``); None: any data of
+    #: an accepted kind will do
+    smoke_data: ClassVar[str | None] = None
     #: training steps that give recognisable samples of the built-in digits quickly (tens of seconds on two quiet
     #: CPU cores): ``genzoo demo`` and quick arenas train by steps, so a busy machine gives the same results, only
     #: later; None: not calibrated, quick runs use time

@@ -84,7 +84,7 @@ def draw_samples(model: GenerativeModel, n: int, seed: int, batch: int, labels: 
         chunk = None if labels is None else labels[i : i + batch]
         parts.append(model.sample(min(batch, n - i), generator=generator, labels=chunk, **options).cpu())
     if not parts:  # a model that draws no samples
-        return torch.empty(0), 0.0
+        return torch.empty(0, *model.data.shape), 0.0
     return torch.cat(parts).float(), n / max(time.perf_counter() - start, 1e-9)
 
 
