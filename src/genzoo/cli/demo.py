@@ -30,8 +30,9 @@ def demo(
     models: list[str] = typer.Option(None, "--model", "-m", help="Models to compare (repeatable; default: the "
                                                                   "advice's best of every family)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
-    budget: str = typer.Option("90s", "--budget", "-b", help="Time cap per model; each trains for its calibrated "
-                                                              "quick_steps."),
+    budget: str = typer.Option("10m", "--budget", "-b", help="Time cap per model, a safety net only: each model "
+                               "trains for its calibrated quick_steps (about a minute on two quiet cores), so a busy "
+                               "machine gives the same numbers, later."),
 ) -> None:
     """Every family on the built-in digits in about 5 minutes: leaderboard, report.html, a recommendation."""
     dataset = load_dataset(DATA)

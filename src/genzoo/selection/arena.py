@@ -334,10 +334,14 @@ class Arena:
             if left > 1.0 and (steps is None or done < steps):
                 self.log(f"  continuing {run.name} from step {done} ({left:.0f} s of budget left)")
                 train(None, self.dataset, out=run, resume=True, steps=steps, budget=left, **settings)
-            return
-        if run.exists():  # interrupted before its first checkpoint: start it again
-            shutil.rmtree(run)
-        train(name, self.dataset, out=run, seed=seed, steps=steps, budget=budget, **settings)
+        else:
+            if run.exists():  # interrupted before its first checkpoint: start it again
+                shutil.rmtree(run)
+            train(name, self.dataset, out=run, seed=seed, steps=steps, budget=budget, **settings)
+        done = RunDir(run).trainer_state("last")["step"]
+        if steps is not None and done < steps:
+            self.log(f"  warning: {run.name} hit the {budget:g} s cap after {done} of its {steps} calibrated steps "
+                     "(a busy machine?): its numbers are not the calibrated ones; raise --budget")
 
     def evaluate(self, name: str, seed: int, progress: bool) -> dict[str, Any]:
         """Score one trained model with the arena's protocol; draw its picture for the report."""
