@@ -204,3 +204,83 @@ def test_the_kv_cache_goes_by_the_name_the_installed_transformers_uses(tiny_hf: 
         assert model.generate("the cat", max_new_tokens=5, seed=0, use_cache=True) == \
             model.generate("the cat", max_new_tokens=5, seed=0, use_cache=False)
     assert model.cache_name in inspect.signature(model.lm.forward).parameters
+
+
+# ----- encoder-decoder (T5-style) models ----------------------------------------------------------------------------
+def _tiny_t5(folder: Path) -> Path:
+    """A randomly initialised T5 (d_model 32, one layer each side) with a character tokenizer, saved."""
+    from tokenizers import Tokenizer, decoders, models
+
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789+ "
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(["<pad>", "</s>", "<unk>"])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                                unk_token="<unk>")
+    config = transformers.T5Config(vocab_size=len(fast), d_model=32, d_kv=8, d_ff=64, num_layers=1,
+                                   num_decoder_layers=1, num_heads=4, pad_token_id=0, eos_token_id=1,
+                                   decoder_start_token_id=0, dropout_rate=0.0)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForSeq2SeqLM.from_config(config)
+    with torch.no_grad():  # away from the random start, where <pad> wins every step
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_t5(tmp_path_factory.mktemp("t5"))
+
+
+def test_encoder_decoder_generates_as_hugging_face_does(tiny_t5: Path) -> None:
+    """Greedy decoding and beam search (answers and length-normalised scores) equal transformers' own generate on
+    the source followed by </s>; the prompt is not echoed, and the cache changes nothing."""
+    from generation_checks import check_cache_equals_no_cache
+    from genzoo.generation import beam_search, generation_config
+
+    model = genzoo.load_pretrained(str(tiny_t5))
+    assert model.encoder_decoder and not model.continues_prompt
+    for prompt in ("abc", "hello", "x"):
+        ids = torch.tensor([[*model.hf_tokenizer(prompt).input_ids, model.hf_tokenizer.eos_token_id]])
+        with torch.no_grad():
+            greedy = model.lm.generate(ids, do_sample=False, max_new_tokens=8)
+            beams = model.lm.generate(ids, do_sample=False, num_beams=3, max_new_tokens=8, num_return_sequences=2,
+                                      output_scores=True, return_dict_in_generate=True)
+        expected = model.hf_tokenizer.decode(greedy[0], skip_special_tokens=True)
+        assert model.generate(prompt, max_new_tokens=8, temperature=0) == expected
+        ours = beam_search(model, model.prompt_ids(prompt), generation_config(num_beams=3, max_new_tokens=8))
+        for (tokens, score), theirs, their_score in zip(ours, beams.sequences, beams.sequences_scores, strict=False):
+            assert tokens == [t for t in theirs.tolist()[1:] if t > 1]  # without the start id, </s> and padding
+            assert score == pytest.approx(float(their_score), abs=1e-5)
+    check_cache_equals_no_cache(model, "abc", 6)
+
+
+def test_encoder_decoder_lora_trains_on_task_pairs(tiny_t5: Path, tmp_path: Path) -> None:
+    plan = plan_training(f"hf:{tiny_t5}", "task:reverse", {}, lora=True)
+    assert plan.data_options.tokenizer == f"hf:{tiny_t5}"
+    run = genzoo.train(plan.model, plan.data, steps=4, out=tmp_path / "run", overrides={**plan.hparams, "lr": 1e-2},
+                       **FAST)
+    tuned, base = genzoo.load(run, checkpoint="last"), genzoo.load_pretrained(str(tiny_t5))
+    assert tuned.capabilities == {genzoo.Capability.GENERATE_TEXT}  # pairs: p(y | x) only
+    base_weights = base.lm.state_dict()
+    for key, value in tuned.lm.state_dict().items():
+        if "lora_" not in key:
+            assert torch.equal(value, base_weights[base_key(key)]), f"LoRA must leave base weights alone: {key}"
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in tuned.lm.state_dict().items())
+    test = genzoo.data.load_dataset("task:reverse", options=plan.data_options).examples("test")[:8]
+    metrics = tuned.task_metrics(test, torch.Generator())
+    assert set(metrics) == {"exact_match_accuracy", "char_error_rate", "conditional_nll_per_token"}
+    assert isinstance(tuned.generate("abc", max_new_tokens=4, num_beams=2), str)
+
+
+def test_a_causal_model_refuses_pair_data(tiny_hf: Path) -> None:
+    from genzoo.data.specs import DataOptions, load_dataset
+    from genzoo.registry import build_model
+
+    data = load_dataset("task:reverse", options=DataOptions(tokenizer=f"hf:{tiny_hf}"))
+    with pytest.raises(genzoo.ConfigError, match="no encoder for the sources"):
+        build_model("hf", data.info, {"pretrained": str(tiny_hf)}, tokenizer=data.tokenizer)

@@ -95,3 +95,18 @@ def test_ema_follows_the_closed_form_average() -> None:
         expected = d * expected + (1 - d) * value
         assert float(ema.shadow["weight"]) == pytest.approx(expected, rel=1e-6)
     assert d == 0.5  # the warm-up cap gave way to the decay
+
+
+@pytest.mark.parametrize(("name", "overrides"), [("gpt", {"heads": 2}), ("lstm", {}), ("lstm", {"cell": "gru"})],
+                         ids=["gpt", "lstm", "gru"])
+def test_beam_search_reorders_the_decoding_state_of_every_model(name: str, overrides: dict) -> None:
+    """Beams that reuse the cache (reordered between steps) find the same answers, with the same scores, as beams
+    that re-read their whole sequence: a state reordered along the wrong dimension would mix beams up."""
+    from genzoo.generation import beam_search, generation_config
+
+    model = _perturbed(name, **overrides)
+    prompt = [int(i) for i in torch.randint(0, model.data.levels, (4,), generator=torch.Generator().manual_seed(5))]
+    cached, reread = (beam_search(model, prompt, generation_config(num_beams=3, max_new_tokens=6, use_cache=c))
+                      for c in (True, False))
+    assert [tokens for tokens, _ in cached] == [tokens for tokens, _ in reread]
+    assert [score for _, score in cached] == pytest.approx([score for _, score in reread], abs=1e-5)

@@ -303,6 +303,9 @@ class GenerativeModel(nn.Module):
     fits_whole_data: ClassVar[bool] = False
     #: what :meth:`score` returns (a column name in ``genzoo score``'s CSV)
     score_name: ClassVar[str] = "nll_nats"
+    #: text models: ``generate`` returns what follows the prompt (True: printed after it) or a whole answer of its
+    #: own (an encoder-decoder's answer, a filled-in prompt)
+    continues_prompt: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig, data: DataInfo) -> None:
         super().__init__()
@@ -570,6 +573,11 @@ class GenerativeModel(nn.Module):
     def generate(self, prompt: str = "", **generation: Any) -> str | list[str]:
         """Complete a text prompt (generation options: :class:`genzoo.generation.GenerationConfig`)."""
         raise GenzooError(f"model '{self.name}' does not generate text")
+
+    @classmethod
+    def generation_options(cls, **options: Any) -> Any:
+        """The validated options of :meth:`generate` (a clear error for a bad one, before any work)."""
+        raise GenzooError(f"model '{cls.name}' does not generate text")
 
     def chat(self, messages: list[dict[str, str]], **generation: Any) -> str | list[str]:
         """Answer a conversation ``[{"role": "user", "content": ...}]`` through the model's chat template."""

@@ -70,8 +70,9 @@ def _resize(x: Tensor, size: tuple[int, int], mask: bool) -> Tensor:
 def edit(model: GenerativeModel | str | Path, image: Tensor | str | Path, mask: Tensor | str | Path | None = None,
          *, strength: float | None = None, **options: Any) -> Tensor:
     """Inpaint ``image`` where ``mask`` is non-zero (keeping the other pixels exactly), or, without a mask,
-    translate it (with ``strength`` in (0, 1] where the model takes one: how far from the input to go). ``model`` is a model or a run directory; image/mask are tensors in
-    [0, 1] or image files (resized to the model's size). Returns (N, C, H, W) in [0, 1]."""
+    translate it (with ``strength`` in (0, 1] where the model takes one: how far from the input to go). ``model`` is
+    a model or a run directory; image/mask are tensors in [0, 1] or image files (resized to the model's size).
+    Returns (N, C, H, W) in [0, 1]."""
     if not isinstance(model, GenerativeModel):
         model = load(model)
     model.require(Capability.INPAINT if mask is not None else Capability.IMG2IMG)  # before reading any file

@@ -11,6 +11,18 @@ set whose probability reaches p), ``min_p`` (drop tokens less likely than ``min_
 Stop strings end a completion just *before* the first occurrence (the stop string is not returned); so does any of
 the model's end-of-sequence ids (``eos_ids``: a pretrained model may have several).
 
+A *logits processor* (:class:`LogitsProcessor`) runs first, before all of these: a constraint
+(``generate(prompt, constraint=Regex(...))``, :mod:`genzoo.constrain`) sets the logits of the tokens that cannot
+lead to a valid text to -inf, so the penalty, temperature, top-k, top-p and min-p act on the allowed tokens only
+(top-k=1 picks the most likely *allowed* token) and sampling draws from the model's distribution renormalised over
+them. Each completion has a finish reason: ``"stop"`` (an end-of-sequence id, a stop string, or a constrained text
+nothing can extend) or ``"length"`` (``max_new_tokens`` ran out first: a constrained text is then unfinished, which
+``GenerationResult.complete`` says). ``generate(..., return_details=True)`` returns :class:`GenerationResult` objects.
+With a constraint, a stop string ends the text only inside one token, and only where the text before it is complete.
+
+Detokenisation is incremental (linear in the completion's length): each step decodes only the tokens since the last
+settled text, as Hugging Face streamers do, and holds back a partial UTF-8 character or the start of a stop string.
+
 Generation is deterministic by default: ``seed=None`` means seed 0, like ``model.sample(seed=None)``, so the same call
 gives the same text; pass a different seed for different completions.
 
@@ -22,12 +34,14 @@ what ``model.sample`` accepts) and :class:`GenerationConfig` adds what ``generat
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from pydantic import Field, ValidationError, field_validator
 from torch import Tensor
 
+from genzoo.constrain import Constraint, Engine, Matcher, compile_constraint
 from genzoo.contract import SampleOptions, eval_mode, validation_message
 from genzoo.errors import ConfigError
 
@@ -55,6 +69,8 @@ class GenerationConfig(TokenSampling):
     stop: tuple[str, ...] = Field((), description="strings that end a completion (cut just before the first)")
     seed: int | None = Field(None, description="seed of the draws; None = 0, so generation is deterministic")
     num_return_sequences: int = Field(1, ge=1, description="completions to draw")
+    num_beams: int = Field(1, ge=1, description="beam search with this many beams (> 1: deterministic, the most "
+                                                "probable answers per token; sampling controls do not apply)")
 
     @field_validator("stop")
     @classmethod
@@ -79,6 +95,8 @@ def stream_config(**options: Any) -> GenerationConfig:
     cfg = generation_config(**options)
     if cfg.num_return_sequences != 1:
         raise ConfigError("stream produces one sequence; use generate for num_return_sequences > 1")
+    if cfg.num_beams != 1:
+        raise ConfigError("beam search finds whole answers at the end; use generate for num_beams > 1")
     return cfg
 
 
@@ -132,11 +150,44 @@ def choose(logits: Tensor, cfg: GenerationConfig, generator: torch.Generator) ->
     return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
 
 
+class LogitsProcessor(Protocol):
+    """Runs on the raw (B, V) logits of each step, before the sampling controls, and sees the chosen tokens."""
+
+    def __call__(self, logits: Tensor) -> Tensor: ...
+
+    def advance(self, tokens: Tensor) -> None: ...
+
+
+class ConstraintProcessor:
+    """Masks each row's logits to the tokens its constraint matcher allows (finished rows are left alone)."""
+
+    def __init__(self, matchers: list[Matcher]) -> None:
+        self.matchers = matchers
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        full = torch.ones(logits.shape[-1], dtype=torch.bool)
+        masks = torch.stack([full if m.finished else _fit(m.allowed(), len(full)) for m in self.matchers])
+        return logits.masked_fill(~masks.to(logits.device), float("-inf"))
+
+    def advance(self, tokens: Tensor) -> None:
+        for matcher, token in zip(self.matchers, tokens.tolist(), strict=True):
+            if not matcher.finished:
+                matcher.advance(token)
+
+
+def _fit(mask: Tensor, size: int) -> Tensor:
+    """A vocabulary mask padded with False (or cut) to the model's number of logits."""
+    if len(mask) >= size:
+        return mask[:size]
+    return torch.cat([mask, mask.new_zeros(size - len(mask))])
+
+
 def generate_tokens(model: Autoregressive, prompts: Tensor, cfg: GenerationConfig, generator: torch.Generator,
-                    vocab: int) -> Iterator[Tensor]:
+                    vocab: int, processor: LogitsProcessor | None = None) -> Iterator[Tensor]:
     """Yield the next (B,) tokens, ``cfg.max_new_tokens`` times, continuing each row of the (B, t) ``prompts``.
 
-    ``vocab`` is the number of output logits; prompt ids at or above it (a BOS token) are not penalised.
+    ``vocab`` is the number of output logits; prompt ids at or above it (a BOS token) are not penalised. The
+    ``processor`` (a constraint) masks the raw logits before the sampling controls and is told each chosen token.
     """
     seen = torch.zeros(prompts.shape[0], vocab, dtype=torch.bool, device=prompts.device)
     rows, cols = (prompts < vocab).nonzero(as_tuple=True)
@@ -144,7 +195,11 @@ def generate_tokens(model: Autoregressive, prompts: Tensor, cfg: GenerationConfi
     ids = prompts
     logits, state = model.prefill(ids)
     for i in range(cfg.max_new_tokens):
+        if processor is not None:
+            logits = processor(logits)
         token = choose(filter_logits(logits, seen, cfg), cfg, generator)
+        if processor is not None:
+            processor.advance(token)
         yield token
         if i + 1 == cfg.max_new_tokens:
             return
@@ -153,73 +208,216 @@ def generate_tokens(model: Autoregressive, prompts: Tensor, cfg: GenerationConfi
         logits, state = model.extend(token, state) if cfg.use_cache else model.prefill(ids)
 
 
+@dataclass
+class GenerationResult:
+    """One completion with how it ended: ``finish_reason`` is ``"stop"`` (an end-of-sequence id, a stop string, or
+    a constrained text nothing can extend) or ``"length"`` (``max_new_tokens`` ran out first); ``tokens`` counts
+    the generated tokens (model calls); ``complete`` says whether a constraint accepts the text (None without one)."""
+
+    text: str
+    finish_reason: str
+    tokens: int
+    complete: bool | None = None
+
+
 class _Completion:
-    """Incremental detokenisation of one sequence, holding back text that may still turn into a stop string."""
+    """Incremental detokenisation of one sequence, holding back text that may still turn into a stop string.
+
+    Linear in the length: each token decodes only the ids since the last settled text (``ids[prefix:]``, minus the
+    text of ``ids[prefix:read]``, which gives a tokenizer that writes a word's leading space by context its
+    context), and stop strings are searched in the held-back tail only.
+    """
 
     def __init__(self, model: TextModel, stop: tuple[str, ...]) -> None:
         self.model, self.stop = model, stop
         self.ids: list[int] = []
-        self.emitted = 0
+        self.prefix = self.read = 0  # ids[prefix:read] wrote the text already settled into `held` or emitted
+        self.held = ""  # decoded text not returned yet: the start of a stop string
         self.done = False
+        self.finish_reason = "length"
 
-    def push(self, token: int | None) -> str:
-        """Add a token (None = the end) and return the newly settled text."""
+    def _delta(self, final: bool) -> str:
+        """The text the ids since ``read`` add (empty while it ends in a partial UTF-8 character, unless final)."""
+        before = self.model.decode_tokens(self.ids[self.prefix : self.read])
+        after = self.model.decode_tokens(self.ids[self.prefix :])
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before) :]
+
+    def push(self, token: int | None, reason: str = "stop") -> str:
+        """Add a token (None = the end, for ``reason``) and return the newly settled text."""
         if token is not None:
             self.ids.append(token)
-        text = self.model.decode_tokens(self.ids)
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        self.held += self._delta(final=token is None)
+        cut = min((i for i in (self.held.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0 or token is None:
             self.done = True
-            end = cut if cut >= 0 else len(text)
+            self.finish_reason = "stop" if cut >= 0 else reason
+            end = cut if cut >= 0 else len(self.held)
         else:
-            # a trailing partial UTF-8 sequence decodes as U+FFFD: wait for the rest of it
-            end = len(text.rstrip("\ufffd"))
-            end -= max((k for s in self.stop for k in range(1, len(s)) if text[:end].endswith(s[:k])), default=0)
-        end = max(end, self.emitted)
-        new, self.emitted = text[self.emitted : end], end
+            end = len(self.held) - max((k for s in self.stop for k in range(1, len(s)) if self.held.endswith(s[:k])),
+                                       default=0)
+        new, self.held = self.held[:end], self.held[end:]
         return new
 
 
-def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[list[str]]:
-    """Yield, per step, the new text of each of the ``num_return_sequences`` continuations of ``prompt_ids``."""
+def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig, outs: list[_Completion] | None = None,
+               matchers: list[Matcher] | None = None) -> Iterator[list[str]]:
+    """Yield, per step, the new text of each of the ``num_return_sequences`` continuations of ``prompt_ids``.
+
+    ``outs`` (one :class:`_Completion` per sequence) receive the finish reasons; ``matchers`` constrain each
+    sequence (a matcher that finishes by itself ends its sequence with reason ``"stop"``).
+    """
     generator = torch.Generator().manual_seed(0 if cfg.seed is None else cfg.seed)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device).expand(cfg.num_return_sequences, -1)
-    outs = [_Completion(model, cfg.stop) for _ in range(cfg.num_return_sequences)]
+    outs = outs if outs is not None else [_Completion(model, cfg.stop) for _ in range(cfg.num_return_sequences)]
+    processor = ConstraintProcessor(matchers) if matchers else None
     eos = model.eos_ids
     with eval_mode(model), torch.no_grad():
-        for tokens in generate_tokens(model, ids, cfg, generator, model.vocab_out):
-            pieces = [out.push(None if t in eos else t) if not out.done else ""
-                      for out, t in zip(outs, tokens.tolist(), strict=True)]
+        for tokens in generate_tokens(model, ids, cfg, generator, model.vocab_out, processor):
+            pieces = []
+            for row, (out, t) in enumerate(zip(outs, tokens.tolist(), strict=True)):
+                piece = out.push(None if t in eos else t) if not out.done else ""
+                if matchers and matchers[row].finished and not out.done:
+                    piece += out.push(None)
+                pieces.append(piece)
             yield pieces
             if all(out.done for out in outs):
                 return
-        yield [out.push(None) if not out.done else "" for out in outs]
+        yield [out.push(None, "length") if not out.done else "" for out in outs]
 
 
 class TextGenerationMixin:
     """``generate``/``stream`` for a model implementing :class:`Autoregressive` and :class:`TextModel`."""
 
-    def generate(self, prompt: str = "", **options: Any) -> str | list[str]:
+    @classmethod
+    def generation_options(cls, **options: Any) -> GenerationConfig:
+        """The validated options of :meth:`generate`."""
+        return generation_config(**options)
+
+    def generate(self, prompt: str = "", constraint: Constraint | None = None, engine: Engine = "auto",
+                 return_details: bool = False, **options: Any) -> str | list[str] | Any:
         """Complete ``prompt``; a list when ``num_return_sequences > 1``. Options: see :class:`GenerationConfig`.
 
         Deterministic by default: ``seed=None`` is seed 0, so repeated calls return the same text; pass a different
-        ``seed`` for different completions.
+        ``seed`` for different completions. ``constraint`` (``Choice``, ``Regex``, ``Grammar``, ``JsonSchema`` from
+        :mod:`genzoo.constrain`) restricts the completion to its language; ``engine`` picks the constraint engine
+        (``auto``, ``reference``, ``fast``). ``return_details=True`` returns :class:`GenerationResult` objects (text,
+        finish reason, tokens, whether the constraint accepts the text) instead of strings.
         """
-        return self.generate_from_ids(self.prompt_ids(prompt), **options)
+        return self.generate_from_ids(self.prompt_ids(prompt), constraint=constraint, engine=engine,
+                                      return_details=return_details, **options)
 
-    def generate_from_ids(self, prompt_ids: list[int], **options: Any) -> str | list[str]:
+    def generate_from_ids(self, prompt_ids: list[int], constraint: Constraint | None = None, engine: Engine = "auto",
+                          return_details: bool = False, **options: Any) -> str | list[str] | Any:
         cfg = generation_config(**options)
+        if cfg.num_beams > 1:
+            if constraint is not None or return_details:
+                raise ConfigError("beam search (num_beams > 1) does not take a constraint or return_details; "
+                                  "sample instead (num_beams=1)")
+            return beam_texts(self, prompt_ids, cfg)
+        outs = [_Completion(self, cfg.stop) for _ in range(cfg.num_return_sequences)]
+        matchers = self.constraint_matchers(constraint, cfg, engine)
         texts = [""] * cfg.num_return_sequences
-        for pieces in stream_ids(self, prompt_ids, cfg):
+        for pieces in stream_ids(self, prompt_ids, cfg, outs, matchers):
             texts = [t + p for t, p in zip(texts, pieces, strict=True)]
+        if return_details:
+            results = [GenerationResult(text, out.finish_reason, len(out.ids),
+                                        None if constraint is None else constraint.matches(text))
+                       for text, out in zip(texts, outs, strict=True)]
+            return results if cfg.num_return_sequences > 1 else results[0]
         return texts if cfg.num_return_sequences > 1 else texts[0]
 
-    def stream(self, prompt: str = "", **options: Any) -> Iterator[str]:
-        """Yield the completion of ``prompt`` piece by piece as it is generated (one sequence; seeds as in generate)."""
-        return self.stream_from_ids(self.prompt_ids(prompt), **options)
+    def constraint_matchers(self, constraint: Constraint | None, cfg: GenerationConfig, engine: Engine = "auto"
+                            ) -> list[Matcher] | None:
+        """One matcher per sequence for ``constraint`` compiled for this model's tokenizer (None without one)."""
+        if constraint is None:
+            return None
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is None:
+            raise ConfigError("constrained generation needs the model's tokenizer, and this model has none")
+        compiled = compile_constraint(constraint, tokenizer, self.vocab_out, self.eos_ids, cfg.stop, engine)
+        return [compiled.matcher() for _ in range(cfg.num_return_sequences)]
 
-    def stream_from_ids(self, prompt_ids: list[int], **options: Any) -> Iterator[str]:
+    def stream(self, prompt: str = "", constraint: Constraint | None = None, engine: Engine = "auto",
+               **options: Any) -> Iterator[str]:
+        """Yield the completion of ``prompt`` piece by piece as it is generated (one sequence; seeds and
+        ``constraint`` as in generate)."""
+        return self.stream_from_ids(self.prompt_ids(prompt), constraint=constraint, engine=engine, **options)
+
+    def stream_from_ids(self, prompt_ids: list[int], constraint: Constraint | None = None, engine: Engine = "auto",
+                        **options: Any) -> Iterator[str]:
         cfg = stream_config(**options)
-        for pieces in stream_ids(self, prompt_ids, cfg):
+        for pieces in stream_ids(self, prompt_ids, cfg, matchers=self.constraint_matchers(constraint, cfg, engine)):
             if pieces[0]:
                 yield pieces[0]
+
+
+# ----- beam search --------------------------------------------------------------------------------------------------
+def reorder_state(model: Any, state: Any, index: Tensor) -> Any:
+    """The decoding state of rows ``index`` (beam search keeps the best beams): the model's own ``reorder_state``
+    when it has one, else every tensor indexed along its first (batch) dimension and Hugging Face caches through
+    their ``reorder_cache``."""
+    if hasattr(model, "reorder_state"):
+        return model.reorder_state(state, index)
+    if isinstance(state, Tensor):
+        return state.index_select(0, index)
+    if isinstance(state, list | tuple):
+        return type(state)(reorder_state(model, part, index) for part in state)
+    if hasattr(state, "reorder_cache"):
+        state.reorder_cache(index)
+    return state
+
+
+def beam_search(model: Any, prompt_ids: list[int], cfg: GenerationConfig) -> list[tuple[list[int], float]]:
+    """The best continuations of ``prompt_ids`` by beam search, best first: (token ids without the end-of-sequence
+    id, log-probability per generated token).
+
+    Keeps the ``num_beams`` most probable unfinished continuations (sum of log-probabilities). One that ends in an
+    end-of-sequence id (``model.eos_ids``) among the ``num_beams`` best candidates is finished and scored by its
+    mean log-probability per token, EOS included, so longer answers are not penalised for their length. The search
+    stops once ``num_beams`` are finished and no unfinished one scores better per token than the worst of them, or
+    after ``max_new_tokens`` (unfinished continuations then compete too). Deterministic: the sampling controls
+    (temperature, top-k/p, min-p, repetition penalty) do not apply.
+    """
+    k, eos = cfg.num_beams, model.eos_ids
+    if cfg.num_return_sequences > k:
+        raise ConfigError(f"num_return_sequences ({cfg.num_return_sequences}) cannot exceed num_beams ({k})")
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
+    beams, scores, finished = [[]], torch.zeros(1), []
+    with eval_mode(model), torch.no_grad():
+        logits, state = model.prefill(ids)
+        for step in range(cfg.max_new_tokens):
+            total = (scores[:, None] + logits.float().log_softmax(-1).cpu()).flatten()
+            top = torch.topk(total, min(2 * k, len(total)))
+            rows, tokens, kept = [], [], []
+            for rank, (score, flat) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True)):
+                if score == float("-inf"):  # a token the model rules out (seq2seq's padding) never enters a beam
+                    break
+                row, token = divmod(flat, logits.shape[-1])
+                if token in eos:
+                    if rank < k:
+                        finished.append((beams[row], score / (step + 1)))
+                elif len(kept) < k:
+                    rows, tokens, kept = [*rows, row], [*tokens, token], [*kept, score]
+            beams, scores = [beams[r] + [t] for r, t in zip(rows, tokens, strict=True)], torch.tensor(kept)
+            worst = sorted(s for _, s in finished)[-k] if len(finished) >= k else float("-inf")
+            if not beams or step + 1 == cfg.max_new_tokens or max(kept) / (step + 1) <= worst:
+                break
+            index = torch.tensor(rows, device=model.device)
+            token = index.new_tensor(tokens)
+            ids = torch.cat([ids[index], token[:, None]], dim=1)
+            logits, state = (model.extend(token, reorder_state(model, state, index)) if cfg.use_cache
+                             else model.prefill(ids))
+    hypotheses = finished + [(b, s / max(1, len(b))) for b, s in zip(beams, scores.tolist(), strict=True)]
+    return sorted(hypotheses, key=lambda h: -h[1])
+
+
+def beam_texts(model: Any, prompt_ids: list[int], cfg: GenerationConfig) -> str | list[str]:
+    """The ``num_return_sequences`` best beam-search answers as text, each cut before its first stop string."""
+    texts = []
+    for tokens, _ in beam_search(model, prompt_ids, cfg)[: cfg.num_return_sequences]:
+        text = model.decode_tokens(tokens)
+        texts.append(text[: min((i for i in (text.find(s) for s in cfg.stop) if i >= 0), default=len(text))])
+    return texts if cfg.num_return_sequences > 1 else texts[0]

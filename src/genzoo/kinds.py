@@ -96,6 +96,8 @@ class Previewable(Protocol):
 
     def generate(self, prompt: str = "", **options: Any) -> Any: ...
 
+    def img2img(self, x: Tensor, **options: Any) -> Tensor: ...
+
 
 class KindHandler:
     """Conversions of one data kind. ``stats`` are the tensors of :meth:`buffers`, kept on the model's device."""
@@ -150,6 +152,13 @@ class ImageHandler(KindHandler):
         return info.dims * math.log(2.0)
 
     def preview(self, model: Previewable, reference: Tensor | None, path: Path) -> Path:
+        if "sample" not in model.capabilities and "img2img" in model.capabilities and reference is not None:
+            # a translator has no sampler: rows of held-out inputs, each above a row of their translations
+            row = min(8, len(reference))
+            inputs = reference[: min(32, len(reference)) // row * row]
+            rows = [t.unflatten(0, (-1, row)) for t in (inputs, model.img2img(inputs).cpu())]
+            save_image_grid(path, torch.stack(rows, 1).flatten(0, 2), nrow=row)
+            return path
         samples = model.sample(64, generator=torch.Generator().manual_seed(PREVIEW_SEED)).cpu()
         save_image_grid(path, samples, nrow=8)
         return path

@@ -50,5 +50,5 @@ def edit(
     model = load(run, checkpoint=checkpoint)
     result = edit_image(model, image, mask, strength=strength, seed=seed, **options)
     save_png(out, (result[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"))
-    what = "inpainted" if mask is not None else f"image-to-image (strength {strength})"
+    what = "inpainted" if mask is not None else "image-to-image" + (f" (strength {strength})" if strength else "")
     console.print(f"{what} -> [bold]{out}[/] ({result.shape[-1]}x{result.shape[-2]})")

@@ -52,9 +52,23 @@ def sample(
     stop: list[str] = typer.Option([], "--stop", help="Text: stop string (repeatable); \\n, \\t and \\\\ "
                                                       "mean newline, tab, backslash: --stop '\\n\\n'."),
     num_return_sequences: int = typer.Option(1, "--num-return-sequences", min=1, help="Text: completions to draw."),
+    num_beams: int = typer.Option(1, "--num-beams", min=1, help="Text: beam search with this many beams "
+                                                                "(deterministic; 1 = no beam search)."),
     stream: bool = typer.Option(False, "--stream", help="Text: print tokens as they are generated."),
     chat: bool = typer.Option(False, "--chat", help="Text: send --prompt as a user message through the model's "
                                                     "chat template (pretrained chat models)."),
+    regex: str = typer.Option(None, "--regex", help="Text: the completion must fully match this regular expression."),
+    grammar: str = typer.Option(None, "--grammar", help="Text: the completion must parse under this Lark grammar "
+                                                        "(a .lark file, or a built-in: brackets, arith, json)."),
+    json_schema: str = typer.Option(None, "--json-schema", help="Text: the completion must be JSON valid under "
+                                                                "this JSON Schema (a file, or the schema inline)."),
+    choice: str = typer.Option(None, "--choice", help="Text: the completion must be one of these comma-separated "
+                                                      "strings."),
+    engine: Literal["auto", "reference", "fast"] = typer.Option("auto", "--engine", help="Text: constraint engine "
+                                                                "(auto = llguidance when installed and able)."),
+    verify: str = typer.Option(None, "--verify", help="Text: draw until a verifier accepts: arith:TARGET (the "
+                                                      "expression equals TARGET), python, or z3:'x+y==10;x>y'."),
+    tries: int = typer.Option(16, "--tries", min=1, help="Text: most completions --verify draws."),
 ) -> None:
     """Sample from a trained run (best checkpoint, EMA weights when kept) or a pretrained LM.
 
@@ -65,10 +79,17 @@ def sample(
     options = model_options()  # validated while parsing: a bad value has already failed, before this load
     model = load(run or pretrained, checkpoint=checkpoint, ema=not no_ema)
     if Capability.GENERATE_TEXT in model.capabilities:
-        from genzoo.cli.text import sample_text
+        from genzoo.cli.text import constraint_from_flags, sample_text, verify_text
 
-        sample_text(model, prompt=prompt or "", seed=seed, stream=stream, chat=chat, max_new_tokens=max_new_tokens,
-                    stop=[unescape(s) for s in stop] or None, num_return_sequences=num_return_sequences, **options)
+        constraint = constraint_from_flags(regex=regex, grammar=grammar, json_schema=json_schema, choice=choice)
+        text_options = {"max_new_tokens": max_new_tokens, "stop": [unescape(s) for s in stop] or None, **options}
+        if verify is not None:
+            verify_text(model, prompt=prompt or "", seed=seed, spec=verify, tries=tries, constraint=constraint,
+                        engine=engine, **text_options)
+            return
+        sample_text(model, prompt=prompt or "", seed=seed, stream=stream, chat=chat,
+                    num_return_sequences=num_return_sequences, num_beams=num_beams, constraint=constraint,
+                    engine=engine, **text_options)
         return
     if out is None and run is None:
         raise GenzooError("a pretrained model that does not make text needs --out FILE")

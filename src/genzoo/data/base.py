@@ -9,7 +9,7 @@ same held-out examples.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import torch
@@ -59,12 +59,14 @@ class Dataset:
         raise NotImplementedError
 
     def examples(self, *splits: str) -> Batch:
-        """Every example of the named splits as one batch (labels only when every part has them)."""
+        """Every example of the named splits as one batch; each optional field (labels, a second domain's ``x_b``,
+        ``mask``, ``cond``) only when every part has it."""
         parts = [b for name in splits for b in self.batches(name, 4096)]
         if not parts:
             raise DataError(f"data '{self.info.spec}' has no examples in the {'/'.join(splits)} split")
-        ys = [b.y for b in parts]
-        return Batch(torch.cat([b.x for b in parts]), None if any(y is None for y in ys) else torch.cat(ys))
+        joined = {f.name: [getattr(b, f.name) for b in parts] for f in fields(Batch)}
+        return Batch(**{name: None if any(t is None for t in tensors) else torch.cat(tensors)
+                        for name, tensors in joined.items()})
 
     #: the true distribution when it is known (toy densities): fresh samples, exact log-density, modes
     reference: ReferenceDensity | None = None

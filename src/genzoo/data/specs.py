@@ -41,7 +41,8 @@ class DataOptions(BaseModel):
 
     ``image_size`` resizes images to a square of that side (``--image-size``); ``binarize`` (``digits#binarize``)
     thresholds images at 1/2. The others are text options, written after ``#`` in a ``text:``/``jsonl:`` spec:
-    ``context``, ``tokenizer``, ``vocab_size`` and ``field``.
+    ``context``, ``tokenizer``, ``vocab_size`` and ``field``. ``input`` and ``target`` name the JSON fields of a
+    ``pairs:FILE.jsonl`` spec (source and target text).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,6 +53,8 @@ class DataOptions(BaseModel):
     tokenizer: str = Field("char", description="text: char, bpe, byte, hf:NAME, or a tokenizer.json / run to reuse")
     vocab_size: int = Field(512, description=f"text: tokens of tokenizer=bpe (at least {BPE_MIN_VOCAB}, the bytes)")
     field: str = Field("text", description="jsonl: the JSON field holding the text")
+    input: str = Field("input", description="pairs: the JSON field holding the source text")
+    target: str = Field("target", description="pairs: the JSON field holding the target text")
 
     @model_validator(mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from genzoo._version import __version__
 from genzoo.contract import Batch, Capability, DataKind, GenerativeModel, LogLikelihood
+from genzoo.data import pair_datasets
 from genzoo.data.base import Dataset
 from genzoo.data.specs import DataOptions, load_dataset
 from genzoo.errors import GenzooError
@@ -55,7 +56,11 @@ def _resolve(run_or_model: str | Path | GenerativeModel, data: str | Dataset | N
             raise GenzooError(f"'{model.name}' does not record the data it was trained on: name the data to score "
                               "it on (data='text:FILE', --data on the command line)")
         options = _with_model_tokenizer(model, run) if model.data.kind is DataKind.TOKENS else None
-        dataset = load_dataset(spec, image_size=(config or {}).get("data", {}).get("image_size"), options=options)
+        image_size = (config or {}).get("data", {}).get("image_size")
+        dataset = load_dataset(spec, image_size=image_size, options=options)
+        spec_b = ((config or {}).get("data", {}).get("data_b") or {}).get("spec")
+        if spec_b and not data:  # a two-domain run: its second dataset too
+            dataset = pair_datasets(dataset, load_dataset(spec_b, image_size=image_size))
     if tuple(dataset.info.shape) != tuple(model.data.shape):
         raise GenzooError(f"model '{model.name}' makes examples of shape {tuple(model.data.shape)} but data "
                           f"'{dataset.info.spec}' has shape {tuple(dataset.info.shape)}")
@@ -104,6 +109,9 @@ def model_likelihood(model: GenerativeModel, test: Batch, seed: int, batch: int 
             x = test.x[i : i + batch]
             if dequantized:
                 x = dequantize(x, info.levels, generator)
+            elif i == 0:  # the probe already scored the first batch as it is
+                parts.append(probe)
+                continue
             y = None if labels is None else labels[i : i + batch].to(model.device)
             parts.append(model.log_likelihood(x.to(model.device), y))
     ll = LogLikelihood(torch.cat([p.values.cpu() for p in parts]), probe.kind, probe.discrete, probe.method)

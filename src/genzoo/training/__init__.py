@@ -234,8 +234,10 @@ def _load(data: str | Dataset, image_size: int | None, options: Any) -> Dataset:
 def _paired(model: str, dataset: Dataset, data_b: str | Dataset | None, image_size: int | None) -> Dataset:
     """The dataset, paired with the second domain for models that train on two."""
     domains = model_class(model).domains
-    if domains == 2 and data_b is None:
+    if domains == 2 and data_b is None and dataset.info.domain_b is None:  # a pair spec (pair:NAME) has both
         raise ConfigError(f"model '{model}' trains on two datasets: give the second with --data-b")
     if domains == 1 and data_b is not None:
         raise ConfigError(f"model '{model}' trains on one dataset; --data-b is for two-domain models")
+    if dataset.info.domain_b is not None and data_b is not None:
+        raise ConfigError(f"data '{dataset.info.spec}' already holds two domains; --data-b is for single datasets")
     return dataset if data_b is None else pair_datasets(dataset, _load(data_b, image_size, None))

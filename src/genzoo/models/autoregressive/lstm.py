@@ -59,6 +59,11 @@ class LSTM(TokenSequenceModel):
         logits, state = self._run(token[:, None], state)
         return logits[:, -1], state
 
+    def reorder_state(self, state: Any, index: Tensor) -> Any:
+        """The recurrent state of rows ``index`` (beam search): the batch is dimension 1 of (layers, B, width)."""
+        return tuple(s.index_select(1, index) for s in state) if isinstance(state, tuple) else \
+            state.index_select(1, index)
+
     def token_flops(self, position: int) -> float:
         """Forward FLOPs of one token (the same at every position): per layer, 4 (LSTM) or 3 (GRU) gates of
         2 * width * (input + width), then the output layer's 2 * width * V."""

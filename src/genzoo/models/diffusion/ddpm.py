@@ -16,30 +16,25 @@ Editing: inpainting/outpainting keeps the known pixels by re-imposing their forw
 exactly into the result; image-to-image (SDEdit, Meng et al., 2022) noises the input to step strength * (T - 1)
 and denoises from there.
 
-Likelihood: the variational bound (Ho et al., 2020, eq. 5) of the K-step ancestral sampler on a grid
-t_0 > ... > t_{K-1} = 0, whose reverse steps are p(x_s | x_t) = N(mean of q(x_s | x_t, x_0 = D(x_t, t)), v_t)
-with v_t from ``samplers.reverse_variances`` (the model sampled with ``sampler="ancestral", steps=K``, alias
-``sampler="ddpm"``, is exactly the model whose log-likelihood it bounds; K = T is the usual bound, and the variance
-keeps K ~ 100 nearly as tight):
+Denoiser networks: a U-Net (``denoiser=unet``, the default) or a diffusion transformer (``denoiser=dit``:
+patches, adaLN-zero conditioning on t and y; ``genzoo.nn.dit``) for images, a residual MLP for vectors.
 
-    -log p(x_0) <= KL(q(x_{t_0} | x_0) || N(0, I))
-                   + sum_i E_q KL(q(x_{t_{i+1}} | x_{t_i}, x_0) || p(x_{t_{i+1}} | x_{t_i}))
-                   - E_q log p(x_0 | x_{t_{K-1}}),
-
-where the last term is a Gaussian around D(x_{t_{K-1}}) integrated over the data's quantisation bins (a density
-for continuous data). One noise draw per term, from a fixed seed.
+Likelihood (``likelihood``; :mod:`genzoo.models.diffusion.likelihood`): the variational bound over all T steps of
+the model the ancestral sampler draws from, with a discrete decoder for the data's levels read where the noise is
+a third of a level's half-bin, and a stratified importance-sampled estimate of its sum over t with its standard
+error (a lower bound on log P(x)); or the probability-flow ODE log-likelihood (Heun, Hutchinson's trace, Gaussian
+dequantization through the same decoder): an estimate.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, ClassVar, cast
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
-from torch.special import log_ndtr
 
 from genzoo.contract import (
     Batch,
@@ -54,7 +49,8 @@ from genzoo.contract import (
     SampleOptions,
     eval_mode,
 )
-from genzoo.errors import GenzooError
+from genzoo.errors import ConfigError, GenzooError
+from genzoo.models.diffusion.likelihood import Estimate, ode_log_likelihood, variational_bound
 from genzoo.models.diffusion.samplers import (
     Ancestral,
     Callback,
@@ -65,30 +61,47 @@ from genzoo.models.diffusion.samplers import (
     SamplerName,
     denoiser_calls,
     make_sampler,
-    reverse_variances,
     sample_loop,
     sampler_class,
 )
 from genzoo.models.diffusion.schedules import Prediction, Schedule, ScheduleName
+from genzoo.nn.dit import DiT
 from genzoo.nn.unet import ResidualMLP, UNet
 from genzoo.registry import register
 
 
 class DDPMConfig(ModelConfig):
-    timesteps: int = Field(1000, ge=2)
-    schedule: ScheduleName = "cosine"
-    prediction: Prediction = "v"
-    width: int = Field(32, ge=4)  # U-Net base channels
-    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2])  # U-Net widths per level / width
-    num_res_blocks: int = Field(1, ge=1)
-    attention_below: int = 8  # self-attention at levels whose larger side is at most this
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    mlp_width: int = 256  # vector data: residual MLP width and depth
-    mlp_depth: int = 3
-    conditional: bool = True  # learn p(x | y) when the data has labels
-    label_dropout: float = Field(0.1, ge=0.0, le=1.0)  # classifier-free guidance: P(label -> null) in training
-    lr: float = 1e-3
-    bound_steps: int = Field(100, ge=1)  # K of the variational bound reported by log_likelihood
+    timesteps: int = Field(1000, ge=2, description="T, steps of the forward process")
+    schedule: ScheduleName = Field("cosine", description="noise schedule: cosine (Nichol & Dhariwal) or linear "
+                                   "(Ho et al.)")
+    prediction: Prediction = Field("v", description="what the network predicts: eps, or v = alpha eps - sigma x_0")
+    denoiser: Literal["unet", "dit"] = Field("unet", description="image denoiser: unet, or dit (a diffusion "
+                                             "transformer); vector data always uses the residual MLP")
+    width: int = Field(32, ge=4, description="U-Net: base channels")
+    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2], min_length=1,
+                                    description="U-Net: channels per resolution level, in units of width")
+    num_res_blocks: int = Field(1, ge=1, description="U-Net: residual blocks per level")
+    attention_below: int = Field(8, ge=0, description="U-Net: self-attention at levels whose larger side is at "
+                                 "most this")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="U-Net: dropout in the residual blocks")
+    patch: int = Field(2, ge=1, description="DiT: patch side in pixels (must divide the image sides)")
+    dit_width: int = Field(96, ge=4, description="DiT: token width (a multiple of 4 and of dit_heads)")
+    dit_depth: int = Field(4, ge=1, description="DiT: transformer blocks")
+    dit_heads: int = Field(4, ge=1, description="DiT: attention heads")
+    mlp_width: int = Field(256, ge=1, description="vector data: residual MLP width")
+    mlp_depth: int = Field(3, ge=1, description="vector data: residual MLP blocks")
+    conditional: bool = Field(True, description="learn p(x | y) when the data has labels")
+    label_dropout: float = Field(0.1, ge=0.0, le=1.0, description="classifier-free guidance: probability that a "
+                                 "training label is replaced by the null label")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    likelihood: Literal["bound", "ode"] = Field("bound", description="what log_likelihood (and genzoo eval) "
+                                                "reports: bound (the variational bound over all T steps) or ode "
+                                                "(the probability-flow ODE estimate)")
+    bound_steps: int = Field(100, ge=1, description="bound: network calls per example estimating the sum over "
+                             "the T steps (two per stratum of t)")
+    ode_steps: int = Field(40, ge=1, description="ode: Heun steps (two network calls and vector-Jacobian "
+                           "products each)")
+    ode_probes: int = Field(1, ge=1, description="ode: Hutchinson probes of the divergence per example")
 
 
 class DDPMSampleOptions(SampleOptions):
@@ -140,12 +153,19 @@ class DDPM(GenerativeModel):
         super().__init__(config, data)
         self.schedule = Schedule.make(config.schedule, config.timesteps)
         self.num_classes = data.num_classes if config.conditional and data.conditional else None
-        if data.kind is DataKind.IMAGE:
-            self.net: torch.nn.Module = UNet(data.shape, config.width, tuple(config.channel_mult),
-                                             config.num_res_blocks, config.attention_below, config.dropout,
-                                             self.num_classes)
-        else:
-            self.net = ResidualMLP(data.dims, config.mlp_width, config.mlp_depth, self.num_classes)
+        self.net = self._network(config, data)
+
+    def _network(self, config: DDPMConfig, data: DataInfo) -> torch.nn.Module:
+        """The denoising network f(x_t, t, y): ``config.denoiser`` for images, a residual MLP for vectors."""
+        if data.kind is not DataKind.IMAGE:
+            if config.denoiser != "unet":
+                raise ConfigError(f"the {config.denoiser} denoiser is for images; vector data uses the residual MLP")
+            return ResidualMLP(data.dims, config.mlp_width, config.mlp_depth, self.num_classes)
+        if config.denoiser == "dit":
+            return DiT(data.shape, config.patch, config.dit_width, config.dit_depth, config.dit_heads,
+                       num_classes=self.num_classes)
+        return UNet(data.shape, config.width, tuple(config.channel_mult), config.num_res_blocks,
+                    config.attention_below, config.dropout, self.num_classes)
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -189,6 +209,15 @@ class DDPM(GenerativeModel):
             return x0.clamp(-1.0, 1.0) if clip and self.data.kind is DataKind.IMAGE else x0
 
         return denoise
+
+    def _x0_hat(self, labels: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
+        """(x_t, per-example steps t) -> x^_0, unclipped, for the likelihoods (x_t in any float dtype)."""
+
+        def x0_hat(x: Tensor, t: Tensor) -> Tensor:
+            x = x.float()
+            return self.schedule.predict_x0(x, t, self.net(x, t, self._labels(labels, len(x))), self.config.prediction)
+
+        return x0_hat
 
     # ----- training ----------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, step: int, optim: Optimizers) -> dict[str, float]:
@@ -290,54 +319,47 @@ class DDPM(GenerativeModel):
 
     # ----- likelihood ------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor, labels: Tensor | None = None, *, steps: int | None = None,
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None, *, method: Literal["bound", "ode"] | None = None,
                        seed: int = 0) -> LogLikelihood:
-        """Variational lower bound on log p(x) in nats (see the module docstring), one noise draw per term."""
+        """log P(x) in nats per example (``likelihood``): ``bound``, the variational bound over all T steps, or
+        ``ode``, the probability-flow ODE estimate (see :mod:`genzoo.models.diffusion.likelihood`). Image values
+        are snapped to the data's levels and reported as probabilities of them; vectors as densities in data
+        units. ``method`` says how the Monte Carlo estimate was made, with its standard error."""
+        method = method or self.config.likelihood
         with eval_mode(self):
-            values, discrete = self._bound(x.to(self.device), labels, steps or self.config.bound_steps, seed)
-        k = steps or self.config.bound_steps
-        return LogLikelihood(values, "lower_bound", discrete, f"variational bound of the {k}-step ancestral sampler")
+            estimate, discrete = self.likelihood_estimate(x, labels, method, seed)
+        error = f"Monte Carlo standard error of the mean {estimate.stderr():.3g} nats"
+        if method == "ode" and self.config.ode_probes == 1:
+            error = "no standard error from one probe (ode_probes >= 2 gives one)"
+        if method == "bound":
+            strata = max(1, self.config.bound_steps // 2)
+            return LogLikelihood(estimate.values.float(), "lower_bound", discrete,
+                                 f"variational bound over all {self.schedule.steps} steps of the ancestral sampler, "
+                                 f"{2 * strata} stratified draws of t per example; {error}")
+        return LogLikelihood(estimate.values.float(), "estimate", discrete,
+                             f"probability-flow ODE, {self.config.ode_steps} Heun steps, Hutchinson trace with "
+                             f"{self.config.ode_probes} Rademacher probe(s), Gaussian dequantization at the decoder "
+                             f"step; {error}")
 
-    def _bound(self, x: Tensor, labels: Tensor | None, steps: int, seed: int) -> tuple[Tensor, bool]:
+    def likelihood_estimate(self, x: Tensor, labels: Tensor | None, method: Literal["bound", "ode"],
+                            seed: int = 0) -> tuple[Estimate, bool]:
+        """The per-example estimates behind :meth:`log_likelihood` with their Monte Carlo variances (in data
+        units), and whether they are probabilities of discrete levels."""
         generator = torch.Generator().manual_seed(seed)
         levels = self.data.levels if self.data.kind is DataKind.IMAGE else None
-        if levels:  # snap to the data's levels so the bound is for the discrete value
+        x = x.to(self.device)
+        if levels:  # snap to the data's levels so the value is for the discrete value
             x = (x * (levels - 1)).round() / (levels - 1)
         x0 = self.preprocess(x).double()
-        times = self.schedule.timesteps(steps)
-        denoise = self.denoiser(labels, clip=False)
-        abar = self.schedule.abar.to(self.device)
-        dims = tuple(range(1, x0.dim()))
-        a2 = abar[times[0]]
-        nll = 0.5 * (a2 * x0**2 + (1 - a2) - 1 - torch.log1p(-a2)).sum(dims)  # KL(q(x_T | x_0) || N(0, I))
-        for i, t in enumerate(times):
-            n = len(x0)
-            xt = self.schedule.q_sample(x0, torch.full((n,), t, device=self.device),
-                                        self.randn(*x0.shape, generator=generator).double())
-            x0_hat = denoise(xt.float(), t).double()
-            posterior, model, c0 = reverse_variances(abar[t], abar[times[i + 1]] if i + 1 < len(times) else 1.0)
-            if posterior > 0:  # KL(q(x_s | x_t, x_0) || p(x_s | x_t)), both Gaussian
-                ratio = posterior / model
-                kl = 0.5 * (ratio - 1 - torch.log(ratio) + c0**2 * (x0 - x0_hat) ** 2 / model)
-                nll = nll + kl.sum(dims)
-            else:
-                nll = nll - self._decoder_log_prob(x0, x0_hat, model.sqrt(), levels).sum(dims)
-        values = -nll
+        x0_hat = self._x0_hat(self.check_labels(labels, len(x)) if labels is not None else None)
+        if method == "bound":
+            estimate = variational_bound(x0, x0_hat, self.schedule, levels, max(1, self.config.bound_steps // 2),
+                                         generator)
+        elif method == "ode":
+            estimate = ode_log_likelihood(x0, x0_hat, self.schedule, levels, self.config.ode_steps,
+                                          self.config.ode_probes, generator)
+        else:
+            raise GenzooError(f"unknown likelihood method '{method}' (use bound or ode)")
         if not levels:
-            values = values + self.preprocess_log_det()
-        return values.float(), bool(levels)
-
-    @staticmethod
-    def _decoder_log_prob(x0: Tensor, mean: Tensor, std: Tensor, levels: int | None) -> Tensor:
-        """log p(x_0 | x_t): Gaussian mass of x_0's quantisation bin in [-1, 1] (edge bins open), else density."""
-        if not levels:
-            return -0.5 * ((x0 - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
-        half = 1.0 / (levels - 1)
-        upper = (x0 + half - mean) / std
-        lower = (x0 - half - mean) / std
-        upper = torch.where(x0 > 1 - half, torch.full_like(upper, math.inf), upper)
-        lower = torch.where(x0 < -1 + half, torch.full_like(lower, -math.inf), lower)
-        # log(Phi(u) - Phi(l)), evaluated in the tail where it does not cancel
-        flip = lower > 0
-        hi, lo = torch.where(flip, -lower, upper), torch.where(flip, -upper, lower)
-        return log_ndtr(hi) + torch.log1p(-torch.exp(log_ndtr(lo) - log_ndtr(hi)))
+            estimate.values = estimate.values + self.preprocess_log_det()
+        return estimate, bool(levels)

@@ -30,13 +30,18 @@ from genzoo.registry import register
 class DCGANConfig(GANConfig):
     lr: float | None = Field(None, gt=0, description="Adam learning rate of G and D; None: 2e-4 for conv nets "
                              "(the paper's), 1e-3 for MLPs (at 2e-4 they collapse onto one mode of toy:8gaussians)")
-    betas: tuple[float, float] = (0.5, 0.999)
+    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of G and D")
 
 
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
     """L_D: binary cross-entropy with label 1 for real and 0 for generated examples."""
     return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def generator_loss(fake_logits: Tensor) -> Tensor:
+    """L_G = -E log sigmoid(D(G(z))), the non-saturating loss."""
+    return F.softplus(-fake_logits).mean()
 
 
 @register
@@ -55,21 +60,22 @@ class DCGAN(GAN):
         self.discriminator = discriminator_net(data, c.width, c.hidden, c.depth, norm="batch", norm_first=False)
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        c = self.config
-        lr = c.lr or (2e-4 if self.data.kind is DataKind.IMAGE else 1e-3)
-        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=lr, betas=c.betas),
-                "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=c.betas)}
+        lr = self.config.lr or (2e-4 if self.data.kind is DataKind.IMAGE else 1e-3)
+        return self.adam_pair(self.discriminator, lr, self.config.betas)
 
     def training_step(self, batch: Batch, step: int, optim: Optimizers) -> dict[str, float]:
         real = self.preprocess(batch.x)
         fake = self.generator(self.latent(len(real), real.device))
-        d_loss = discriminator_loss(self.discriminator(real), self.discriminator(fake.detach()))
+        real_logits = self.discriminator(self.augment(real))
+        fake_logits = self.discriminator(self.augment(fake.detach()))
+        d_loss = discriminator_loss(real_logits, fake_logits)
         optim.step("discriminator", d_loss)
         # D's weights are constants in G's step: no need to accumulate their gradients
         self.discriminator.requires_grad_(False)
         try:
-            g_loss = F.softplus(-self.discriminator(fake)).mean()  # -log sigmoid(D(G(z)))
+            g_loss = generator_loss(self.discriminator(self.augment(fake)))
             optim.step("generator", g_loss)
         finally:
             self.discriminator.requires_grad_(True)
-        return {"d_loss": d_loss.item(), "g_loss": g_loss.item()}
+        return {"d_loss": d_loss.item(), "g_loss": g_loss.item(),
+                **self.discriminator_accuracy(real_logits, fake_logits)}

@@ -17,7 +17,6 @@ the CPU and the logits stay in fp32, and evaluation runs outside it.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -29,62 +28,8 @@ from genzoo.contract import DataInfo, ModelConfig
 from genzoo.errors import ConfigError
 from genzoo.models.autoregressive.sequence import TokenSequenceModel
 from genzoo.nn.lora import apply_lora
+from genzoo.nn.transformer import KV, Block, Rotary, init_weights
 from genzoo.registry import register
-
-KV = tuple[Tensor, Tensor]
-
-
-class Rotary(nn.Module):
-    """cos/sin tables for rotary position embedding (half-split convention)."""
-
-    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
-        super().__init__()
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
-
-    def forward(self, x: Tensor, start: int) -> Tensor:
-        """Rotate (B, H, t, d) queries or keys at positions start .. start + t - 1."""
-        t = x.shape[-2]
-        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
-        x1, x2 = x.chunk(2, dim=-1)
-        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: causal multi-head self-attention and a GELU MLP, each residual."""
-
-    def __init__(self, width: int, heads: int, bias: bool, dropout: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.norm1 = nn.LayerNorm(width, bias=bias)
-        self.qkv = nn.Linear(width, 3 * width, bias=bias)
-        self.proj = nn.Linear(width, width, bias=bias)
-        self.norm2 = nn.LayerNorm(width, bias=bias)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=bias), nn.GELU(),
-                                 nn.Linear(4 * width, width, bias=bias), nn.Dropout(dropout))
-        self.resid_drop = nn.Dropout(dropout)
-
-    def forward(self, h: Tensor, rotary: Rotary | None, start: int, past: KV | None) -> tuple[Tensor, KV]:
-        b, t, width = h.shape
-        q, k, v = self.qkv(self.norm1(h)).view(b, t, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        if rotary is not None:
-            q, k = rotary(q, start), rotary(k, start)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        # a single new query attends to every cached key: no mask needed then
-        causal = past is None and t > 1
-        dropout = self.dropout if self.training else 0.0
-        if h.device.type == "cpu":  # the CPU flash-attention backward is ~4x slower in bf16: attend in fp32
-            with torch.autocast("cpu", enabled=False):
-                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal, dropout_p=dropout)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout)
-        h = h + self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, width)))
-        return h + self.mlp(self.norm2(h)), (k, v)
 
 
 @register
@@ -124,21 +69,9 @@ class GPT(TokenSequenceModel):
         self.blocks = nn.ModuleList(Block(c.width, c.heads, c.bias, c.dropout) for _ in range(c.layers))
         self.norm = nn.LayerNorm(c.width, bias=c.bias)
         self.head = None if c.tie_weights else nn.Linear(c.width, self.vocab_out, bias=False)
-        self._init_weights()
+        init_weights(self, self.blocks, self.pos)
         if c.lora_rank:
             apply_lora(self, c.lora_rank, c.lora_alpha, 0.0, r"blocks\.\d+\.(qkv|proj|mlp\.0|mlp\.2)")
-
-    def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        for block in self.blocks:
-            for proj in (block.proj, block.mlp[2]):
-                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.config.layers))
-        if self.pos is not None:
-            nn.init.normal_(self.pos, std=0.02)
 
     def _run(self, ids: Tensor, start: int, past: list[KV] | None) -> tuple[Tensor, list[KV]]:
         """Hidden -> logits for ``ids`` at positions start.., reading/extending the per-layer cache ``past``."""

@@ -1,4 +1,4 @@
-"""``hf``: any Hugging Face causal language model behind the genzoo API (``hf:NAME_OR_PATH`` on the CLI).
+"""``hf``: any Hugging Face causal or encoder-decoder language model behind the genzoo API (``hf:NAME_OR_PATH``).
 
 ``genzoo.load_pretrained("gpt2")`` (a hub id or a local folder) wraps ``AutoModelForCausalLM`` and its tokenizer:
 ``generate``/``stream`` with the shared sampling controls, ``chat(messages)`` through the model's chat template
@@ -14,6 +14,12 @@ list several).
 
 The ``transformers`` tokenizer is ``model.hf_tokenizer`` (chat templates, special tokens); ``model.tokenizer`` is the
 genzoo :class:`~genzoo.tokenizer.Tokenizer` over the same vocabulary, like every text model's.
+
+A model whose config is encoder-decoder (T5, BART ...) loads with ``AutoModelForSeq2SeqLM`` and follows the
+encoder-decoder conventions of :mod:`genzoo.models.transformer.encoder_decoder`: ``generate(prompt)`` encodes the
+prompt and decodes the answer (greedy, sampling or beam search through the same loop), it trains (fully or with
+LoRA) on ``pairs:``/``task:`` data read with its own tokenizer, and ``genzoo eval`` reports its exact match and
+character error rate. Its encoder input is the source followed by ``</s>``, as the T5 tokenizer writes it.
 
 ``transformers`` and ``peft`` are the optional extra ``llm``: ``pip install genzoo[llm]``.
 """
@@ -31,6 +37,7 @@ from torch import Tensor
 from genzoo.contract import Capability, DataInfo, DataKind, ModelConfig
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.models.autoregressive.sequence import TokenSequenceModel
+from genzoo.models.transformer.encoder_decoder import EncoderDecoderLM, split_prompt
 from genzoo.nn.lora import apply_lora
 from genzoo.registry import register
 from genzoo.tokenizer import Tokenizer, require_transformers
@@ -41,8 +48,9 @@ PRETRAINED_SAMPLE_LEN = 128
 
 
 @register
-class HFCausalLM(TokenSequenceModel):
-    """A Hugging Face causal language model (pretrained from the hub or a folder, or a fresh architecture)."""
+class HFCausalLM(EncoderDecoderLM):
+    """A Hugging Face causal (or pretrained encoder-decoder) language model, from the hub or a folder, or a fresh
+    causal architecture."""
 
     name = "hf"
     family = "transformer"
@@ -70,20 +78,30 @@ class HFCausalLM(TokenSequenceModel):
         transformers = require_transformers()
         #: the ``transformers`` tokenizer of a pretrained model (None for a fresh architecture)
         self.hf_tokenizer: Any = None
+        #: a T5-style model (AutoModelForSeq2SeqLM): the prompt is its encoder's source
+        self.encoder_decoder = False
         if config.pretrained:
             self.hf_tokenizer = load_hf_tokenizer(config.pretrained)
             self.tokenizer = Tokenizer(self.hf_tokenizer.backend_tokenizer, f"hf:{config.pretrained}")
             try:
-                self.lm = transformers.AutoModelForCausalLM.from_pretrained(config.pretrained, dtype=torch.float32)
+                self.encoder_decoder = bool(transformers.AutoConfig.from_pretrained(config.pretrained)
+                                            .is_encoder_decoder)
+                auto = transformers.AutoModelForSeq2SeqLM if self.encoder_decoder else transformers.AutoModelForCausalLM
+                self.lm = auto.from_pretrained(config.pretrained, dtype=torch.float32)
             except (OSError, ValueError) as err:
                 raise GenzooError(f"cannot load the model '{config.pretrained}': {err}") from None
             hf_tok = self.hf_tokenizer
             self.bos = hf_tok.bos_token_id if hf_tok.bos_token_id is not None else hf_tok.eos_token_id
-            if self.bos is None:
+            if self.bos is None and not self.encoder_decoder:
                 raise GenzooError(f"'{config.pretrained}' has neither a BOS nor an EOS token to start sequences")
             self.vocab_out = self.lm.get_output_embeddings().weight.shape[0]
+            if self.encoder_decoder:  # the id separating source and decoder prefix: outside the vocabulary
+                self.bos = self.vocab_out
         else:  # one extra embedding row for BOS; its logit is cut off in forward
             self.lm = transformers.AutoModelForCausalLM.from_config(self._fresh_config(transformers))
+        if self.pairs is not None and not self.encoder_decoder:
+            raise ConfigError("a causal language model has no encoder for the sources of pair data: train seq2seq "
+                              "or an encoder-decoder hf:NAME (T5-style) on it")
         if data.levels and data.levels > self.vocab_out:
             raise ConfigError(f"the data has {data.levels} token ids but the model only {self.vocab_out}; tokenise "
                               f"it with the model's tokenizer (text:FILE#tokenizer=hf:{config.pretrained})")
@@ -106,11 +124,54 @@ class HFCausalLM(TokenSequenceModel):
     def forward(self, inputs: Tensor) -> Tensor:
         return self.lm(input_ids=inputs, use_cache=False).logits[..., : self.vocab_out]
 
+    @property
+    def continues_prompt(self) -> bool:  # type: ignore[override]
+        """A causal model continues its prompt; an encoder-decoder answers it."""
+        return not self.encoder_decoder
+
+    def target_logits(self, source: Tensor, decoder_ids: Tensor) -> Tensor:
+        if not self.encoder_decoder:
+            if source.shape[1]:
+                raise GenzooError("a causal language model has no encoder: it reads no source")
+            return self(decoder_ids)
+        hidden, mask = self._encode_source(source)
+        return self._decode(decoder_ids, hidden, mask, None)[0]
+
+    # ----- encoder-decoder: the source's encoding and the decoder's cache are the decoding state -------------------
+    def _encode_source(self, source: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, S) right-padded sources -> encoder output (B, S + 1, d) of each source followed by ``</s>``, and the
+        attention mask of its non-padding positions."""
+        pad = self.lm.config.pad_token_id
+        ids = torch.cat([source, source.new_full((len(source), 1), pad)], dim=1)
+        ids[torch.arange(len(ids)), (source != pad).sum(1)] = self.lm.config.eos_token_id
+        mask = (ids != pad).long()
+        return self.lm.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+
+    def _decode(self, decoder_ids: Tensor, hidden: Tensor, mask: Tensor, past: Any) -> tuple[Tensor, Any]:
+        """Logits (B, t, V) of decoder ids that start with ``bos`` (read as the model's decoder start id) or, with
+        ``past``, continue the cached ones; and the extended cache."""
+        if past is None:
+            decoder_ids = decoder_ids.clone()
+            decoder_ids[:, 0] = self.lm.config.decoder_start_token_id
+        cache = {} if past is None else {self.cache_name: past}
+        out = self.lm(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=decoder_ids,
+                      use_cache=True, **cache)
+        return out.logits[..., : self.vocab_out], out[self.cache_name]
+
     def prefill(self, ids: Tensor) -> tuple[Tensor, Any]:
+        if self.encoder_decoder:
+            source, decoder_ids = split_prompt(ids, self.bos)
+            hidden, mask = self._encode_source(source)
+            logits, past = self._decode(decoder_ids, hidden, mask, None)
+            return logits[:, -1], (past, hidden, mask)
         out = self.lm(input_ids=self.window(ids), use_cache=True)
         return out.logits[:, -1, : self.vocab_out], (out[self.cache_name], ids)
 
     def extend(self, token: Tensor, state: Any) -> tuple[Tensor, Any]:
+        if self.encoder_decoder:
+            past, hidden, mask = state
+            logits, past = self._decode(token[:, None], hidden, mask, past)
+            return logits[:, -1], (past, hidden, mask)
         past, ids = state
         ids = torch.cat([ids, token[:, None]], dim=1)
         if self.max_positions is not None and ids.shape[1] > self.max_positions:
@@ -151,8 +212,10 @@ class HFCausalLM(TokenSequenceModel):
 
     # ----- text ------------------------------------------------------------------------------------------------
     def prompt_ids(self, prompt: str) -> list[int]:
-        if self.hf_tokenizer is None:
+        if self.encoder_decoder:  # the source, as the pair data reads it (the encoder adds </s>)
             return super().prompt_ids(prompt)
+        if self.hf_tokenizer is None:
+            return TokenSequenceModel.prompt_ids(self, prompt)
         # as Hugging Face generate: the tokenizer adds its own BOS if it has one; GPT-2 style ones add nothing
         return self.hf_tokenizer.encode(prompt, add_special_tokens=True) or [self.bos]
 
@@ -194,7 +257,7 @@ class HFCausalLM(TokenSequenceModel):
 
 
 def load_pretrained(name: str, *, lora_rank: int = 0) -> HFCausalLM:
-    """A Hugging Face causal LM (hub id or local folder) as a genzoo model, in eval mode."""
+    """A Hugging Face causal or encoder-decoder LM (hub id or local folder) as a genzoo model, in eval mode."""
     transformers = require_transformers()
     try:
         cfg = transformers.AutoConfig.from_pretrained(name)
