@@ -1,0 +1,228 @@
+"""The FastAPI application: routes, limits and bookkeeping around a :class:`ModelRegistry`.
+
+Routes: ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST /v1/images/generations``,
+``POST /v1/score``, ``GET /v1/files/{name}`` (images returned as URLs). Model work runs in FastAPI's thread pool
+(route functions are plain ``def``), one request per model at a time (the model's lock), so the event loop keeps
+answering health checks and other models while a sampler runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from genzoo._version import __version__
+from genzoo.contract import Capability, DataKind, GenerativeModel
+from genzoo.errors import GenzooError
+from genzoo.eval.scoring import score as score_examples
+from genzoo.serve.errors import APIError, error_body, install_error_handlers
+from genzoo.serve.metrics import ServerMetrics
+from genzoo.serve.registry import ModelRegistry, UnknownModelError
+
+_FILE_NAME = r"^[0-9a-f]{32}\.png$"
+
+
+class ServeSettings(BaseModel):
+    """Limits of one server (the ``--config`` file's ``limits`` section): requests beyond them get a 400/413."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    max_n: int = Field(16, ge=1, description="largest n (completions per prompt) per text request")
+    max_images: int = Field(64, ge=1, description="largest number of images per image request")
+    max_score_examples: int = Field(1024, ge=1, description="largest number of examples per score request")
+    max_tokens: int = Field(1024, ge=1, description="largest max_tokens per text request")
+    files_dir: Path | None = Field(None, description="where images returned as URLs are kept (default: a temp dir)")
+
+
+class ImageRequest(BaseModel):
+    """``POST /v1/images/generations``: OpenAI's fields that apply, and genzoo's sampling options."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    model: str
+    n: int = Field(1, ge=1)
+    seed: int | None = Field(None, description="same seed, same images; None: seed 0")
+    label: int | None = Field(None, alias="class", ge=0, description="class to sample (class-conditional models)")
+    prompt: str | None = Field(None, description="accepted for OpenAI clients; only text-conditional models use it")
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    options: dict[str, Any] = Field(default_factory=dict, description="the model's sampling options (steps ...)")
+
+
+class ScoreRequest(BaseModel):
+    """``POST /v1/score``: examples in data units (nested lists) or images as base64 PNGs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    input: list[Any] | None = Field(None, description="examples in data units: pixel arrays in [0, 1] or vectors")
+    images: list[str] | None = Field(None, description="base64-encoded PNG images")
+
+
+def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -> FastAPI:
+    """The server's app for ``registry`` (what ``genzoo serve`` runs with uvicorn; tests use it directly)."""
+    settings = settings or ServeSettings()
+    files = settings.files_dir or Path(tempfile.mkdtemp(prefix="genzoo-serve-files-"))
+    files.mkdir(parents=True, exist_ok=True)
+    metrics = ServerMetrics()
+    app = FastAPI(title="genzoo", version=__version__, docs_url="/docs", redoc_url=None)
+    app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return JSONResponse(error_body(f"the request body is larger than {settings.max_body_bytes} bytes",
+                                           "invalid_request_error"), status_code=413)
+        return await call_next(request)
+
+    @contextmanager
+    def timed(endpoint: str, requested: str) -> Iterator[None]:
+        """Count, time and track one request; unknown names share one label (clients cannot add label values)."""
+        model = requested if requested in registry.models else "(unknown)"
+        metrics.in_flight.labels(model).inc()
+        start, status = time.perf_counter(), "200"
+        try:
+            yield
+        except APIError as err:
+            status = str(err.status)
+            raise
+        except UnknownModelError:
+            status = "404"
+            raise
+        except GenzooError:
+            status = "400"
+            raise
+        except Exception:
+            status = "500"
+            raise
+        finally:
+            metrics.in_flight.labels(model).dec()
+            metrics.latency.labels(endpoint, model).observe(time.perf_counter() - start)
+            metrics.requests.labels(endpoint, model, status).inc()
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__,
+                "models": {name: {"loaded": served.loaded} for name, served in registry.models.items()}}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/models")
+    def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [served.describe() for served in registry.models.values()]}
+
+    @app.post("/v1/images/generations")
+    def images(request: ImageRequest) -> dict[str, Any]:
+        if request.n > settings.max_images:
+            raise APIError(400, f"n is {request.n}; this server draws at most {settings.max_images} images per request",
+                           param="n")
+        with timed("images", request.model):
+            served, model = registry.get(request.model)
+            if model.data.kind is not DataKind.IMAGE:
+                raise APIError(400, f"model '{request.model}' does not make images ({model.data.kind.value} data)",
+                               param="model")
+            if request.prompt and Capability.GENERATE_TEXT not in model.capabilities:
+                raise APIError(400, f"model '{request.model}' takes no prompt (it samples unconditionally"
+                               f"{' or given a class' if model.data.conditional else ''})", param="prompt")
+            labels = None if request.label is None else torch.tensor([request.label])
+            with served.lock:
+                images = model.sample(request.n, seed=request.seed, labels=labels, **request.options)
+            metrics.batch_size.labels("images", request.model).observe(request.n)
+            pngs = [_png(image) for image in images]
+        data = ([{"b64_json": base64.b64encode(png).decode()} for png in pngs] if request.response_format == "b64_json"
+                else [{"url": f"/v1/files/{_keep(files, png)}"} for png in pngs])
+        return {"created": int(time.time()), "data": data,
+                "genzoo": {"model": request.model, "checkpoint": model.provenance.get("checkpoint"),
+                           "step": model.provenance.get("step"), "seed": request.seed or 0}}
+
+    @app.get("/v1/files/{name}")
+    def stored_file(name: str) -> FileResponse:
+        if not re.match(_FILE_NAME, name) or not (files / name).is_file():
+            raise APIError(404, f"no file '{name[:40]}'", code="file_not_found")
+        return FileResponse(files / name, media_type="image/png")
+
+    @app.post("/v1/score")
+    def score(request: ScoreRequest) -> dict[str, Any]:
+        with timed("score", request.model):
+            served, model = registry.get(request.model, Capability.ANOMALY_SCORE)
+            x = _score_inputs(model, request, settings.max_score_examples)
+            with served.lock:
+                result = score_examples(model, x)
+            metrics.batch_size.labels("score", request.model).observe(len(x))
+        bpd = result.bits_per_dim
+        return {"object": "list", "model": request.model, "score_name": result.score_name,
+                "data": [{"index": i, "score": float(s), **({"bits_per_dim": float(bpd[i])} if bpd is not None else {})}
+                         for i, s in enumerate(result.scores.tolist())],
+                "notes": list(result.notes)}
+
+    return app
+
+
+def _png(image: torch.Tensor) -> bytes:
+    """One (C, H, W) image in [0, 1] as PNG bytes."""
+    from PIL import Image
+
+    array = (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _keep(folder: Path, png: bytes) -> str:
+    """Store ``png`` under a random name (written atomically) and return the name."""
+    from genzoo.io import atomic_write_bytes
+
+    name = f"{uuid.uuid4().hex}.png"
+    atomic_write_bytes(folder / name, png)
+    return name
+
+
+def _score_inputs(model: GenerativeModel, request: ScoreRequest, limit: int) -> torch.Tensor:
+    """The examples of a score request as a float tensor; a clear 400 for anything malformed."""
+    if (request.input is None) == (request.images is None):
+        raise APIError(400, "give the examples as 'input' (arrays in data units) or as 'images' (base64 PNGs)")
+    count = len(request.input if request.input is not None else request.images or [])
+    if not 1 <= count <= limit:
+        raise APIError(400, f"a score request holds 1 to {limit} examples, got {count}",
+                       param="input" if request.input is not None else "images")
+    if request.images is not None:
+        return torch.stack([_decode_png(text, model, i) for i, text in enumerate(request.images)])
+    try:
+        x = torch.tensor(request.input, dtype=torch.float32)
+    except (ValueError, TypeError) as err:
+        raise APIError(400, f"input is not a regular array of numbers ({err})", param="input") from None
+    if not torch.isfinite(x).all():
+        raise APIError(400, "input holds NaN or infinite values", param="input")
+    return x
+
+
+def _decode_png(text: str, model: GenerativeModel, index: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
+        img.load()
+    except (ValueError, UnidentifiedImageError, OSError):
+        raise APIError(400, f"images[{index}] is not a base64-encoded PNG/JPEG image", param="images") from None
+    channels = model.data.shape[0]
+    array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array[None] if channels == 1 else array.transpose(2, 0, 1).copy())

@@ -1,0 +1,151 @@
+"""The HTTP server: every route answers in OpenAI's shapes, limits and malformed requests get one clear 4xx, and
+the server stays up."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import genzoo
+from conftest import FAST
+from genzoo.errors import ConfigError
+from genzoo.serve import ModelRegistry, ServeSettings, create_app
+from genzoo.serve.registry import expand_sources, source_name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("runs")
+    genzoo.train("vae", "digits", steps=5, out=folder / "vae", seed=0, overrides={"latent_dim": 4}, **FAST)
+    genzoo.train("dcgan", "digits", steps=3, out=folder / "dcgan", seed=0,
+                 overrides={"latent_dim": 8, "width": 8}, **FAST)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client(runs: Path, tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    registry = ModelRegistry.from_sources(expand_sources([str(runs)]))
+    settings = ServeSettings(max_images=8, max_score_examples=16, max_body_bytes=64 * 1024,
+                             files_dir=tmp_path_factory.mktemp("files"))
+    return TestClient(create_app(registry, settings), raise_server_exceptions=False)
+
+
+def _png_b64(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _error(response: object, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert set(body) == {"message", "type", "param", "code"} and body["message"]
+    return body
+
+
+def test_models_and_health_list_every_run_loaded_lazily(client: TestClient) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and set(health["models"]) == {"dcgan", "vae"}
+    listed = client.get("/v1/models").json()
+    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == ["dcgan", "vae"]
+    assert all(m["object"] == "model" for m in listed["data"])
+
+
+def test_images_come_back_as_pngs_deterministic_by_seed_and_as_urls(client: TestClient) -> None:
+    body = {"model": "vae", "n": 3, "seed": 7}
+    first, again = client.post("/v1/images/generations", json=body), client.post("/v1/images/generations", json=body)
+    assert first.status_code == 200, first.text
+    pngs = [base64.b64decode(d["b64_json"]) for d in first.json()["data"]]
+    assert len(pngs) == 3 and all(p.startswith(b"\x89PNG") for p in pngs)
+    assert pngs == [base64.b64decode(d["b64_json"]) for d in again.json()["data"]]
+    image = np.asarray(Image.open(io.BytesIO(pngs[0])))
+    assert image.shape == (8, 8)
+    # the same pixels as the library's own samples of that seed
+    expected = genzoo.load(client.app.state.registry.models["vae"].source).sample(3, seed=7)
+    assert np.array_equal(image, (expected[0, 0].numpy() * 255).round().astype(np.uint8))
+    other = client.post("/v1/images/generations", json={**body, "seed": 8}).json()["data"]
+    assert [base64.b64decode(d["b64_json"]) for d in other] != pngs
+    url = client.post("/v1/images/generations", json={**body, "response_format": "url"}).json()["data"][0]["url"]
+    assert client.get(url).content == pngs[0]
+
+
+def test_scores_match_the_library_for_arrays_and_pngs(client: TestClient) -> None:
+    x = genzoo.load_dataset("digits").examples("test").x[:4]
+    as_arrays = client.post("/v1/score", json={"model": "vae", "input": x.tolist()})
+    assert as_arrays.status_code == 200, as_arrays.text
+    got = as_arrays.json()
+    expected = genzoo.score(genzoo.load(client.app.state.registry.models["vae"].source), x)
+    assert got["score_name"] == expected.score_name
+    assert [d["score"] for d in got["data"]] == pytest.approx(expected.scores.tolist(), rel=1e-5)
+    images = [_png_b64((im[0].numpy() * 255).round().astype(np.uint8)) for im in x]
+    as_pngs = client.post("/v1/score", json={"model": "vae", "images": images}).json()
+    assert [d["score"] for d in as_pngs["data"]] == pytest.approx([d["score"] for d in got["data"]], rel=1e-5)
+
+
+@pytest.mark.parametrize(("path", "body", "status", "fragment"), [
+    ("/v1/images/generations", {"model": "nope"}, 404, "does not exist"),
+    ("/v1/images/generations", {"model": "../../etc/passwd"}, 404, "does not exist"),
+    ("/v1/images/generations", {"model": "vae", "n": 9}, 400, "at most 8"),
+    ("/v1/images/generations", {"model": "vae", "n": "many"}, 400, "n"),
+    ("/v1/images/generations", {"model": "vae", "options": {"steps": 3}}, 400, "steps"),
+    ("/v1/images/generations", {"model": "vae", "prompt": "a cat"}, 400, "takes no prompt"),
+    ("/v1/images/generations", {"model": "vae", "class": 3}, 400, "labels"),
+    ("/v1/images/generations", {"model": "vae", "colour": 1}, 400, "colour"),
+    ("/v1/score", {"model": "dcgan", "input": [[0.0]]}, 400, "cannot anomaly score"),
+    ("/v1/score", {"model": "vae", "input": [[1, 2], [3]]}, 400, "regular array"),
+    ("/v1/score", {"model": "vae", "input": [[[float("nan")] * 8] * 8]}, 400, "NaN"),
+    ("/v1/score", {"model": "vae", "images": ["not base64!"]}, 400, "images[0]"),
+    ("/v1/score", {"model": "vae"}, 400, "give the examples"),
+    ("/v1/score", {"model": "vae", "input": [[[0.0] * 8] * 8] * 17}, 400, "1 to 16"),
+])
+def test_bad_requests_get_one_clear_error_in_openai_format(client: TestClient, path: str, body: dict, status: int,
+                                                           fragment: str) -> None:
+    response = client.post(path, content=_json(body), headers={"content-type": "application/json"})
+    assert fragment in _error(response, status)["message"]
+    assert client.get("/health").status_code == 200  # and the server is still up
+
+
+def _json(body: dict) -> str:
+    import json
+
+    return json.dumps(body)  # NaN as JavaScript's NaN, which Python's JSON reader accepts
+
+
+def test_malformed_json_and_huge_bodies_are_rejected(client: TestClient) -> None:
+    assert _error(client.post("/v1/score", content="{not json", headers={"content-type": "application/json"}), 400)
+    huge = client.post("/v1/score", content="x" * (65 * 1024), headers={"content-type": "application/json"})
+    assert "larger than" in _error(huge, 413)["message"]
+    assert _error(client.get("/v1/files/../../secret.png"), 404)
+
+
+def test_metrics_count_requests_latency_and_batches(client: TestClient) -> None:
+    client.post("/v1/images/generations", json={"model": "dcgan", "n": 2})
+    client.post("/v1/images/generations", json={"model": "nope"})
+    text = client.get("/metrics").text
+    assert 'genzoo_requests_total{endpoint="images",model="dcgan",status="200"}' in text
+    assert 'genzoo_request_seconds_bucket{endpoint="images",le="0.005",model="dcgan"}' in text
+    assert 'genzoo_batch_size_sum{endpoint="images",model="dcgan"}' in text
+    assert 'genzoo_requests_total{endpoint="images",model="(unknown)",status="404"}' in text
+
+
+def test_sources_are_named_and_checked(runs: Path) -> None:
+    assert source_name(str(runs / "vae")) == ("vae", str(runs / "vae"))
+    assert source_name(f"small={runs / 'vae'}") == ("small", str(runs / "vae"))
+    assert expand_sources([str(runs)]) == [str(runs / "dcgan"), str(runs / "vae")]
+    registry = ModelRegistry()
+    registry.add("vae", str(runs / "vae"))
+    with pytest.raises(ConfigError, match="two models"):
+        registry.add("vae", str(runs / "dcgan"))
+    with pytest.raises(ConfigError, match="not allowed"):
+        registry.add("../x", str(runs / "vae"))
+    with pytest.raises(ConfigError, match="neither a run directory"):
+        registry.add("ghost", str(runs / "ghost"))
+    served = registry.models["vae"]
+    assert not served.loaded and torch.is_tensor(served.get().sample(1))
