@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import genzoo
-from conftest import FAST
+from conftest import FAST, TINY_CORPUS
 from genzoo.errors import ConfigError
 from genzoo.serve import ModelRegistry, ServeSettings, create_app
 from genzoo.serve.registry import expand_sources, source_name
@@ -26,6 +30,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     genzoo.train("vae", "digits", steps=5, out=folder / "vae", seed=0, overrides={"latent_dim": 4}, **FAST)
     genzoo.train("dcgan", "digits", steps=3, out=folder / "dcgan", seed=0,
                  overrides={"latent_dim": 8, "width": 8}, **FAST)
+    corpus = tmp_path_factory.mktemp("text") / "corpus.txt"
+    corpus.write_text(TINY_CORPUS + "user: hi\nassistant: hello, the bird sang.\n" * 10)  # chats as transcripts
+    genzoo.train("gpt", f"text:{corpus}#context=32", steps=30, out=folder / "gpt", seed=0,
+                 overrides={"layers": 1, "width": 32, "heads": 2}, **FAST)
     return folder
 
 
@@ -52,9 +60,9 @@ def _error(response: object, status: int) -> dict:
 
 def test_models_and_health_list_every_run_loaded_lazily(client: TestClient) -> None:
     health = client.get("/health").json()
-    assert health["status"] == "ok" and set(health["models"]) == {"dcgan", "vae"}
+    assert health["status"] == "ok" and set(health["models"]) == {"dcgan", "gpt", "vae"}
     listed = client.get("/v1/models").json()
-    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == ["dcgan", "vae"]
+    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == ["dcgan", "gpt", "vae"]
     assert all(m["object"] == "model" for m in listed["data"])
 
 
@@ -113,8 +121,6 @@ def test_bad_requests_get_one_clear_error_in_openai_format(client: TestClient, p
 
 
 def _json(body: dict) -> str:
-    import json
-
     return json.dumps(body)  # NaN as JavaScript's NaN, which Python's JSON reader accepts
 
 
@@ -138,7 +144,7 @@ def test_metrics_count_requests_latency_and_batches(client: TestClient) -> None:
 def test_sources_are_named_and_checked(runs: Path) -> None:
     assert source_name(str(runs / "vae")) == ("vae", str(runs / "vae"))
     assert source_name(f"small={runs / 'vae'}") == ("small", str(runs / "vae"))
-    assert expand_sources([str(runs)]) == [str(runs / "dcgan"), str(runs / "vae")]
+    assert expand_sources([str(runs)]) == [str(runs / name) for name in ("dcgan", "gpt", "vae")]
     registry = ModelRegistry()
     registry.add("vae", str(runs / "vae"))
     with pytest.raises(ConfigError, match="two models"):
@@ -149,3 +155,114 @@ def test_sources_are_named_and_checked(runs: Path) -> None:
         registry.add("ghost", str(runs / "ghost"))
     served = registry.models["vae"]
     assert not served.loaded and torch.is_tensor(served.get().sample(1))
+
+
+def _gpt(client: TestClient) -> genzoo.GenerativeModel:
+    return client.app.state.registry.models["gpt"].get()
+
+
+def test_completions_are_the_library_s_text_with_finish_reasons_and_usage(client: TestClient) -> None:
+    model = _gpt(client)
+    body = {"model": "gpt", "prompt": "the cat", "max_tokens": 12, "temperature": 0.8, "seed": 3}
+    answer = client.post("/v1/completions", json=body).json()
+    expected = model.generate("the cat", max_new_tokens=12, temperature=0.8, seed=3)
+    assert answer["object"] == "text_completion" and answer["choices"][0]["text"] == expected
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"] == {"prompt_tokens": len(model.prompt_ids("the cat")), "completion_tokens": 12,
+                               "total_tokens": len(model.prompt_ids("the cat")) + 12}
+    stopped = client.post("/v1/completions", json={**body, "stop": expected[3:5]}).json()["choices"][0]
+    assert stopped == {"index": 0, "text": expected[:3], "logprobs": None, "finish_reason": "stop"}
+    two = client.post("/v1/completions", json={**body, "n": 2}).json()["choices"]
+    assert [c["index"] for c in two] == [0, 1] and two[0]["text"] != two[1]["text"]
+    echoed = client.post("/v1/completions", json={**body, "echo": True}).json()["choices"][0]["text"]
+    assert echoed == "the cat" + expected
+
+
+def _events(response: object) -> list[object]:
+    lines = [line for line in response.text.split("\n") if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
+def test_streamed_completions_and_chats_add_up_to_the_whole_answer(client: TestClient) -> None:
+    body = {"model": "gpt", "prompt": "the dog", "max_tokens": 10, "seed": 1}
+    whole = client.post("/v1/completions", json=body).json()
+    chunks = _events(client.post("/v1/completions", json={**body, "stream": True,
+                                                          "stream_options": {"include_usage": True}}))
+    assert "".join(c["text"] for chunk in chunks for c in chunk["choices"]) == whole["choices"][0]["text"]
+    assert [c["finish_reason"] for chunk in chunks for c in chunk["choices"] if c["finish_reason"]] == ["length"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    chat = {"model": "gpt", "messages": [{"role": "user", "content": "the bird"}], "max_tokens": 8, "seed": 2}
+    answer = client.post("/v1/chat/completions", json=chat).json()
+    content = answer["choices"][0]["message"]["content"]
+    assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["role"] == "assistant"
+    assert content == _gpt(client).generate("user: the bird\nassistant:", max_new_tokens=8, seed=2)
+    streamed = _events(client.post("/v1/chat/completions", json={**chat, "stream": True}))
+    assert streamed[0]["object"] == "chat.completion.chunk"
+    assert streamed[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["delta"].get("content", "") for chunk in streamed for c in chunk["choices"]) == content
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    ({"model": "vae", "prompt": "x"}, "cannot generate text"),
+    ({"model": "gpt", "prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"model": "gpt", "prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
+    ({"model": "gpt", "prompt": "x", "max_tokens": 5000}, "at most 1024"),
+    ({"model": "gpt", "prompt": "x", "n": 99}, "at most 16"),
+    ({"model": "gpt", "prompt": "x", "stop": [""]}, "stop"),
+    ({"model": "gpt", "prompt": ["a", "b"]}, "one prompt"),
+    ({"model": "gpt", "prompt": "x", "temperature": -1}, "temperature"),
+])
+def test_bad_text_requests_get_one_clear_error(client: TestClient, body: dict, fragment: str) -> None:
+    assert fragment in _error(client.post("/v1/completions", json=body), 400)["message"]
+
+
+def test_the_openai_client_works_unchanged_against_a_live_server(runs: Path) -> None:
+    openai = pytest.importorskip("openai")
+    with live_server(ModelRegistry.from_sources([str(runs / "gpt")])) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        assert [m.id for m in client.models.list()] == ["gpt"]
+        done = client.completions.create(model="gpt", prompt="the", max_tokens=6, seed=0)
+        assert done.choices[0].finish_reason == "length" and done.usage.completion_tokens == 6
+        chat = client.chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=5, seed=0)
+        assert isinstance(chat.choices[0].message.content, str)
+        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="gpt", messages=[{"role": "user", "content": "hi"}], max_tokens=5, seed=0, stream=True)
+            if c.choices]
+        assert "".join(pieces) == chat.choices[0].message.content
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="nope", prompt="x")
+
+
+@contextmanager
+def live_server(registry: ModelRegistry) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port, in a thread, for the duration of the block."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(registry), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_the_cli_refuses_to_expose_models_beyond_loopback(runs: Path) -> None:
+    from typer.testing import CliRunner
+
+    from genzoo.cli.app import app
+
+    refused = CliRunner().invoke(app, ["serve", str(runs / "vae"), "--host", "0.0.0.0"])
+    assert refused.exit_code != 0 and "loopback" in str(refused.exception)

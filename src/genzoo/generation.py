@@ -180,20 +180,42 @@ class _Completion:
         return new
 
 
-def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[list[str]]:
-    """Yield, per step, the new text of each of the ``num_return_sequences`` continuations of ``prompt_ids``."""
+def stream_steps(model: Any, prompt_ids: list[int], cfg: GenerationConfig
+                 ) -> Iterator[tuple[list[str], list[str | None]]]:
+    """Yield, per generated token, the new text of each of the ``num_return_sequences`` continuations of
+    ``prompt_ids`` and, for a sequence that ended at this token, why: ``"stop"`` (an end-of-sequence id or a stop
+    string) or ``"length"`` (``max_new_tokens`` reached); None while it runs."""
+    n = cfg.num_return_sequences
     generator = torch.Generator().manual_seed(0 if cfg.seed is None else cfg.seed)
-    ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device).expand(cfg.num_return_sequences, -1)
-    outs = [_Completion(model, cfg.stop) for _ in range(cfg.num_return_sequences)]
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device).expand(n, -1)
+    outs = [_Completion(model, cfg.stop) for _ in range(n)]
     eos = model.eos_ids
+    if cfg.max_new_tokens == 0:
+        yield [""] * n, ["length"] * n
+        return
     with eval_mode(model), torch.no_grad():
-        for tokens in generate_tokens(model, ids, cfg, generator, model.vocab_out):
-            pieces = [out.push(None if t in eos else t) if not out.done else ""
-                      for out, t in zip(outs, tokens.tolist(), strict=True)]
-            yield pieces
+        for step, tokens in enumerate(generate_tokens(model, ids, cfg, generator, model.vocab_out)):
+            last = step + 1 == cfg.max_new_tokens
+            pieces: list[str] = []
+            finished: list[str | None] = []
+            for out, token in zip(outs, tokens.tolist(), strict=True):
+                if out.done:
+                    pieces.append("")
+                    finished.append(None)
+                    continue
+                piece = out.push(None if token in eos else token)
+                reason = "stop" if out.done else "length" if last else None
+                pieces.append(piece + (out.push(None) if reason == "length" else ""))
+                finished.append(reason)
+            yield pieces, finished
             if all(out.done for out in outs):
                 return
-        yield [out.push(None) if not out.done else "" for out in outs]
+
+
+def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig) -> Iterator[list[str]]:
+    """Yield, per step, the new text of each of the ``num_return_sequences`` continuations of ``prompt_ids``."""
+    for pieces, _ in stream_steps(model, prompt_ids, cfg):
+        yield pieces
 
 
 class TextGenerationMixin:

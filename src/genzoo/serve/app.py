@@ -1,7 +1,8 @@
 """The FastAPI application: routes, limits and bookkeeping around a :class:`ModelRegistry`.
 
-Routes: ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST /v1/images/generations``,
-``POST /v1/score``, ``GET /v1/files/{name}`` (images returned as URLs). Model work runs in FastAPI's thread pool
+Routes: ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST /v1/completions`` and ``POST
+/v1/chat/completions`` (:mod:`genzoo.serve.text`), ``POST /v1/images/generations``, ``POST /v1/score``, ``GET
+/v1/files/{name}`` (images returned as URLs). Model work runs in FastAPI's thread pool
 (route functions are plain ``def``), one request per model at a time (the model's lock), so the event loop keeps
 answering health checks and other models while a sampler runs.
 """
@@ -32,6 +33,7 @@ from genzoo.eval.scoring import score as score_examples
 from genzoo.serve.errors import APIError, error_body, install_error_handlers
 from genzoo.serve.metrics import ServerMetrics
 from genzoo.serve.registry import ModelRegistry, UnknownModelError
+from genzoo.serve.text import install_text_routes
 
 _FILE_NAME = r"^[0-9a-f]{32}\.png$"
 
@@ -174,6 +176,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                          for i, s in enumerate(result.scores.tolist())],
                 "notes": list(result.notes)}
 
+    install_text_routes(app, registry, settings.max_n, settings.max_tokens, timed)
     return app
 
 
