@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import genzoo
+import genzoo.registry
 from conftest import FAST, TINY_CORPUS
 from genzoo.errors import ConfigError
 from genzoo.serve import ModelRegistry, ServeSettings, create_app
@@ -30,6 +31,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     genzoo.train("vae", "digits", steps=5, out=folder / "vae", seed=0, overrides={"latent_dim": 4}, **FAST)
     genzoo.train("dcgan", "digits", steps=3, out=folder / "dcgan", seed=0,
                  overrides={"latent_dim": 8, "width": 8}, **FAST)
+    genzoo.train("ddpm", "digits", steps=3, out=folder / "ddpm", seed=0,
+                 overrides=dict(genzoo.registry.model_class("ddpm").smoke_config), **FAST)
     corpus = tmp_path_factory.mktemp("text") / "corpus.txt"
     corpus.write_text(TINY_CORPUS + "user: hi\nassistant: hello, the bird sang.\n" * 10)  # chats as transcripts
     genzoo.train("gpt", f"text:{corpus}#context=32", steps=30, out=folder / "gpt", seed=0,
@@ -60,9 +63,9 @@ def _error(response: object, status: int) -> dict:
 
 def test_models_and_health_list_every_run_loaded_lazily(client: TestClient) -> None:
     health = client.get("/health").json()
-    assert health["status"] == "ok" and set(health["models"]) == {"dcgan", "gpt", "vae"}
+    assert health["status"] == "ok" and set(health["models"]) == {"dcgan", "ddpm", "gpt", "vae"}
     listed = client.get("/v1/models").json()
-    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == ["dcgan", "gpt", "vae"]
+    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == ["dcgan", "ddpm", "gpt", "vae"]
     assert all(m["object"] == "model" for m in listed["data"])
 
 
@@ -144,7 +147,7 @@ def test_metrics_count_requests_latency_and_batches(client: TestClient) -> None:
 def test_sources_are_named_and_checked(runs: Path) -> None:
     assert source_name(str(runs / "vae")) == ("vae", str(runs / "vae"))
     assert source_name(f"small={runs / 'vae'}") == ("small", str(runs / "vae"))
-    assert expand_sources([str(runs)]) == [str(runs / name) for name in ("dcgan", "gpt", "vae")]
+    assert expand_sources([str(runs)]) == [str(runs / name) for name in ("dcgan", "ddpm", "gpt", "vae")]
     registry = ModelRegistry()
     registry.add("vae", str(runs / "vae"))
     with pytest.raises(ConfigError, match="two models"):
@@ -266,3 +269,24 @@ def test_the_cli_refuses_to_expose_models_beyond_loopback(runs: Path) -> None:
 
     refused = CliRunner().invoke(app, ["serve", str(runs / "vae"), "--host", "0.0.0.0"])
     assert refused.exit_code != 0 and "loopback" in str(refused.exception)
+
+
+def test_edits_inpaint_like_the_library_and_keep_known_pixels(client: TestClient) -> None:
+    image = genzoo.load_dataset("digits").examples("test").x[0]
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, :4] = 255
+    body = {"model": "ddpm", "image": _png_b64((image[0].numpy() * 255).round().astype(np.uint8)),
+            "mask": _png_b64(mask), "seed": 5, "options": {"steps": 4}}
+    answer = client.post("/v1/edits", json=body)
+    assert answer.status_code == 200, answer.text
+    result = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["data"][0]["b64_json"]))))
+    original = (image[0].numpy() * 255).round().astype(np.uint8)
+    assert np.array_equal(result[:, 4:], original[:, 4:])  # black pixels of the mask are kept exactly
+    model = client.app.state.registry.models["ddpm"].get()
+    expected = genzoo.edit(model, torch.from_numpy(original / 255.0).float()[None], torch.from_numpy(mask > 0).float(),
+                           seed=5, steps=4)
+    assert np.array_equal(result, (expected[0, 0].numpy() * 255).round().astype(np.uint8))
+    translated = client.post("/v1/edits", json={**body, "mask": None, "strength": 0.3})
+    assert translated.status_code == 200, translated.text
+    assert "cannot inpaint" in _error(client.post("/v1/edits", json={**body, "model": "vae"}), 400)["message"]
+    assert "mask" in _error(client.post("/v1/edits", json={**body, "mask": "???"}), 400)["param"]

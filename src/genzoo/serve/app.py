@@ -1,8 +1,8 @@
 """The FastAPI application: routes, limits and bookkeeping around a :class:`ModelRegistry`.
 
 Routes: ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST /v1/completions`` and ``POST
-/v1/chat/completions`` (:mod:`genzoo.serve.text`), ``POST /v1/images/generations``, ``POST /v1/score``, ``GET
-/v1/files/{name}`` (images returned as URLs). Model work runs in FastAPI's thread pool
+/v1/chat/completions`` (:mod:`genzoo.serve.text`), ``POST /v1/images/generations``, ``POST /v1/edits``, ``POST
+/v1/score``, ``GET /v1/files/{name}`` (images returned as URLs). Model work runs in FastAPI's thread pool
 (route functions are plain ``def``), one request per model at a time (the model's lock), so the event loop keeps
 answering health checks and other models while a sampler runs.
 """
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genzoo._version import __version__
 from genzoo.contract import Capability, DataKind, GenerativeModel
+from genzoo.editing import edit as edit_image
 from genzoo.errors import GenzooError
 from genzoo.eval.scoring import score as score_examples
 from genzoo.serve.errors import APIError, error_body, install_error_handlers
@@ -63,6 +64,21 @@ class ImageRequest(BaseModel):
     prompt: str | None = Field(None, description="accepted for OpenAI clients; only text-conditional models use it")
     response_format: Literal["b64_json", "url"] = "b64_json"
     options: dict[str, Any] = Field(default_factory=dict, description="the model's sampling options (steps ...)")
+
+
+class EditRequest(BaseModel):
+    """``POST /v1/edits``: inpaint the white pixels of ``mask`` in ``image``, or translate ``image`` without a mask."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    model: str
+    image: str = Field(..., description="base64-encoded PNG/JPEG, resized to the model's size")
+    mask: str | None = Field(None, description="base64 PNG of the same size: white = generate, black = keep")
+    strength: float | None = Field(None, gt=0.0, le=1.0, description="noise level to start from (image-to-image)")
+    seed: int = 0
+    label: int | None = Field(None, alias="class", ge=0)
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    options: dict[str, Any] = Field(default_factory=dict, description="the model's sampling options")
 
 
 class ScoreRequest(BaseModel):
@@ -150,11 +166,22 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                 images = model.sample(request.n, seed=request.seed, labels=labels, **request.options)
             metrics.batch_size.labels("images", request.model).observe(request.n)
             pngs = [_png(image) for image in images]
-        data = ([{"b64_json": base64.b64encode(png).decode()} for png in pngs] if request.response_format == "b64_json"
-                else [{"url": f"/v1/files/{_keep(files, png)}"} for png in pngs])
+        data = [_image_entry(png, request.response_format, files) for png in pngs]
         return {"created": int(time.time()), "data": data,
                 "genzoo": {"model": request.model, "checkpoint": model.provenance.get("checkpoint"),
                            "step": model.provenance.get("step"), "seed": request.seed or 0}}
+
+    @app.post("/v1/edits")
+    def edits(request: EditRequest) -> dict[str, Any]:
+        with timed("edits", request.model):
+            served, model = registry.get(request.model)
+            image = _decode_image(request.image, model, "image")
+            mask = None if request.mask is None else _decode_image(request.mask, model, "mask", mask=True)
+            options = {**request.options, **({} if request.label is None else {"labels": request.label})}
+            with served.lock:
+                edited = edit_image(model, image, mask, strength=request.strength, seed=request.seed, **options)
+        return {"created": int(time.time()), "data": [_image_entry(png, request.response_format, files)
+                                                      for png in map(_png, edited)]}
 
     @app.get("/v1/files/{name}")
     def stored_file(name: str) -> FileResponse:
@@ -190,6 +217,13 @@ def _png(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def _image_entry(png: bytes, response_format: str, files: Path) -> dict[str, str]:
+    """One image of a response: inline base64, or the URL of a stored copy."""
+    if response_format == "b64_json":
+        return {"b64_json": base64.b64encode(png).decode()}
+    return {"url": f"/v1/files/{_keep(files, png)}"}
+
+
 def _keep(folder: Path, png: bytes) -> str:
     """Store ``png`` under a random name (written atomically) and return the name."""
     from genzoo.io import atomic_write_bytes
@@ -208,7 +242,7 @@ def _score_inputs(model: GenerativeModel, request: ScoreRequest, limit: int) -> 
         raise APIError(400, f"a score request holds 1 to {limit} examples, got {count}",
                        param="input" if request.input is not None else "images")
     if request.images is not None:
-        return torch.stack([_decode_png(text, model, i) for i, text in enumerate(request.images)])
+        return torch.stack([_decode_image(text, model, f"images[{i}]") for i, text in enumerate(request.images)])
     try:
         x = torch.tensor(request.input, dtype=torch.float32)
     except (ValueError, TypeError) as err:
@@ -218,14 +252,19 @@ def _score_inputs(model: GenerativeModel, request: ScoreRequest, limit: int) -> 
     return x
 
 
-def _decode_png(text: str, model: GenerativeModel, index: int) -> torch.Tensor:
+def _decode_image(text: str, model: GenerativeModel, field: str, mask: bool = False) -> torch.Tensor:
+    """A base64 image of a request as (C, H, W) in [0, 1] with the model's channels (a mask: (H, W), 1 = generate)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         img = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
         img.load()
     except (ValueError, UnidentifiedImageError, OSError):
-        raise APIError(400, f"images[{index}] is not a base64-encoded PNG/JPEG image", param="images") from None
+        raise APIError(400, f"{field} is not a base64-encoded PNG/JPEG image", param=field.split("[")[0]) from None
+    if model.data.kind is not DataKind.IMAGE:
+        raise APIError(400, f"model '{model.name}' does not take images ({model.data.kind.value} data)", param=field)
+    if mask:
+        return torch.from_numpy((np.asarray(img.convert("L")) > 0).astype(np.float32))
     channels = model.data.shape[0]
     array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(array[None] if channels == 1 else array.transpose(2, 0, 1).copy())
