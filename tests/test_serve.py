@@ -267,8 +267,8 @@ def test_the_cli_refuses_to_expose_models_beyond_loopback(runs: Path) -> None:
 
     from genzoo.cli.app import app
 
-    refused = CliRunner().invoke(app, ["serve", str(runs / "vae"), "--host", "0.0.0.0"])
-    assert refused.exit_code != 0 and "loopback" in str(refused.exception)
+    refused = CliRunner().invoke(app, ["serve", str(runs / "vae"), "--host", "0.0.0.0", "--no-store"])
+    assert refused.exit_code != 0 and "api_keys" in str(refused.exception)
 
 
 def test_edits_inpaint_like_the_library_and_keep_known_pixels(client: TestClient) -> None:
@@ -290,3 +290,109 @@ def test_edits_inpaint_like_the_library_and_keep_known_pixels(client: TestClient
     assert translated.status_code == 200, translated.text
     assert "cannot inpaint" in _error(client.post("/v1/edits", json={**body, "model": "vae"}), 400)["message"]
     assert "mask" in _error(client.post("/v1/edits", json={**body, "mask": "???"}), 400)["param"]
+
+
+@pytest.fixture
+def stored(runs: Path, tmp_path: Path) -> TestClient:
+    settings = ServeSettings(store=f"sqlite:///{tmp_path / 'requests.db'}", dedupe=True, block_list=["parrot"])
+    return TestClient(create_app(ModelRegistry.from_sources([str(runs / "gpt"), str(runs / "vae")]), settings),
+                      raise_server_exceptions=False)
+
+
+def test_every_request_is_stored_with_its_numbers_and_feedback(stored: TestClient, tmp_path: Path) -> None:
+    store = stored.app.state.store
+    body = {"model": "gpt", "prompt": "the cat", "max_tokens": 5, "seed": 4}
+    answer = stored.post("/v1/completions", json=body).json()
+    stored.post("/v1/images/generations", json={"model": "vae", "n": 2})
+    stored.post("/v1/completions", json={"model": "nope", "prompt": "x"})
+    rows = {row["id"]: row for row in store.rows()}
+    row = rows[answer["id"]]
+    assert row["endpoint"] == "completions" and row["model"] == "gpt" and row["status"] == 200
+    assert row["parameters"]["prompt"] == "the cat" and row["response"] == answer and row["synthetic"] is True
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (answer["usage"]["prompt_tokens"], 5)
+    assert row["latency_s"] > 0 and row["api_key_id"] is None
+    assert sorted((r["endpoint"], r["status"], r["samples"]) for r in rows.values() if r["endpoint"] != "completions"
+                  or r["status"] != 200) == [("completions", 404, None), ("images", 200, 2)]
+    assert stored.post("/v1/feedback", json={"id": answer["id"], "score": 4.5}).status_code == 200
+    assert next(r for r in store.rows() if r["id"] == answer["id"])["quality"] == 4.5
+    assert "no stored answer" in _error(stored.post("/v1/feedback", json={"id": "cmpl-x", "score": 1}), 404)["message"]
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_identical_requests_are_answered_from_the_store(stored: TestClient) -> None:
+    body = {"model": "gpt", "prompt": "a bird", "max_tokens": 6, "seed": 9}
+    first = stored.post("/v1/completions", json=body).json()
+    again = stored.post("/v1/completions", json=body).json()
+    assert again == first
+    last = stored.app.state.store.recent(1)[0]
+    assert last["completion_tokens"] == 0 and last["response"] == first  # no tokens were generated for it
+    other = stored.post("/v1/completions", json={**body, "seed": 10}).json()
+    assert other["id"] != first["id"]
+
+
+def test_block_list_refuses_prompts_and_cuts_completions(stored: TestClient) -> None:
+    assert _error(stored.post("/v1/completions", json={"model": "gpt", "prompt": "a Parrot sat"}), 400)["code"] \
+        == "content_filter"
+    free = stored.post("/v1/completions", json={"model": "gpt", "prompt": "the", "max_tokens": 30, "seed": 0}).json()
+    word = next(w for w in free["choices"][0]["text"].split() if w.isalpha())
+    settings = ServeSettings(block_list=[word])
+    guarded = TestClient(create_app(ModelRegistry.from_sources([str(stored.app.state.registry.models["gpt"].source)]),
+                                    settings))
+    body = {"model": "gpt", "prompt": "the", "max_tokens": 30, "seed": 0}
+    cut = guarded.post("/v1/completions", json=body).json()["choices"][0]
+    assert cut["finish_reason"] == "content_filter" and word.lower() not in cut["text"].lower().split()
+    assert free["choices"][0]["text"].startswith(cut["text"])
+    streamed = _events(guarded.post("/v1/completions", json={**body, "stream": True}))
+    assert "".join(c["text"] for chunk in streamed for c in chunk["choices"]) == cut["text"]
+
+
+def test_chats_are_stored_under_a_session_id(stored: TestClient) -> None:
+    opening = [{"role": "user", "content": "hi"}]
+    stored.post("/v1/chat/completions", json={"model": "gpt", "messages": opening, "max_tokens": 3})
+    follow = [*opening, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "hi"}]
+    stored.post("/v1/chat/completions", json={"model": "gpt", "messages": follow, "max_tokens": 3})
+    stored.post("/v1/chat/completions", json={"model": "gpt", "messages": opening, "max_tokens": 3},
+                headers={"X-Session-Id": "mine"})
+    sessions = [r["session_id"] for r in stored.app.state.store.rows() if r["endpoint"] == "chat"]
+    assert len(sessions) == 3 and sessions[0] == sessions[1] != sessions[2] == "mine"
+
+
+def test_api_keys_and_rate_limits(runs: Path) -> None:
+    from genzoo.serve.auth import APIKey, hash_key
+
+    keys = [APIKey(id="alice", sha256=hash_key("secret-a"), requests_per_minute=2),
+            APIKey(id="bob", sha256=hash_key("secret-b"))]
+    client = TestClient(create_app(ModelRegistry.from_sources([str(runs / "vae")]), ServeSettings(api_keys=keys)))
+    assert client.get("/health").status_code == 200  # health checks need no key
+    assert _error(client.get("/v1/models"), 401)["code"] == "invalid_api_key"
+    assert _error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)["code"] \
+        == "invalid_api_key"
+    alice = {"Authorization": "Bearer secret-a"}
+    assert [client.get("/v1/models", headers=alice).status_code for _ in range(2)] == [200, 200]
+    throttled = client.get("/v1/models", headers=alice)
+    assert _error(throttled, 429)["code"] == "rate_limit_exceeded"
+    assert "retry in" in throttled.json()["error"]["message"]
+    assert all(client.get("/v1/models", headers={"Authorization": "Bearer secret-b"}).status_code == 200
+               for _ in range(5))  # bob has no limit, and alice's does not touch him
+
+
+def test_keys_are_made_hashed_and_requests_exported(tmp_path: Path, runs: Path) -> None:
+    from typer.testing import CliRunner
+
+    from genzoo.cli.app import app
+    from genzoo.serve.auth import hash_key
+
+    made = CliRunner().invoke(app, ["serve-key", "carol"])
+    key = made.stdout.split("client): ")[1].split()[0]
+    assert f"sha256: {hash_key(key)}" in made.stdout and "id: carol" in made.stdout
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    client = TestClient(create_app(ModelRegistry.from_sources([str(runs / "vae")]), ServeSettings(store=url)))
+    client.post("/v1/images/generations", json={"model": "vae"})
+    done = CliRunner().invoke(app, ["requests", "export", "--store", url, "--out", str(tmp_path / "r.jsonl")])
+    assert done.exit_code == 0, done.output
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["endpoint"] == "images" and lines[0]["synthetic"] is True
+    missing = CliRunner().invoke(app, ["requests", "export", "--store", f"sqlite:///{tmp_path / 'none.db'}",
+                                       "--out", str(tmp_path / "x.jsonl")])
+    assert missing.exit_code != 0 and "no request store" in str(missing.exception)

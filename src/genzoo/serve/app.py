@@ -15,26 +15,27 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Header, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from genzoo._version import __version__
 from genzoo.contract import Capability, DataKind, GenerativeModel
 from genzoo.editing import edit as edit_image
-from genzoo.errors import GenzooError
 from genzoo.eval.scoring import score as score_examples
+from genzoo.serve.auth import APIKey, KeyRing
 from genzoo.serve.errors import APIError, error_body, install_error_handlers
+from genzoo.serve.guardrails import BlockList
 from genzoo.serve.metrics import ServerMetrics
-from genzoo.serve.registry import ModelRegistry, UnknownModelError
+from genzoo.serve.registry import ModelRegistry
+from genzoo.serve.store import RequestStore
 from genzoo.serve.text import install_text_routes
+from genzoo.serve.tracking import Tracker
 
 _FILE_NAME = r"^[0-9a-f]{32}\.png$"
 
@@ -50,6 +51,12 @@ class ServeSettings(BaseModel):
     max_score_examples: int = Field(1024, ge=1, description="largest number of examples per score request")
     max_tokens: int = Field(1024, ge=1, description="largest max_tokens per text request")
     files_dir: Path | None = Field(None, description="where images returned as URLs are kept (default: a temp dir)")
+    store: str | None = Field(None, description="SQLAlchemy URL of the request store (sqlite:///requests.db); None: "
+                                                "no store")
+    dedupe: bool = Field(False, description="answer a request identical to a stored one from the store")
+    api_keys: list[APIKey] = Field(default_factory=list, description="clients allowed in; empty: open (loopback)")
+    block_list: list[str] = Field(default_factory=list, description="phrases refused in prompts and cut from "
+                                                                    "completions")
 
 
 class ImageRequest(BaseModel):
@@ -81,6 +88,15 @@ class EditRequest(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="the model's sampling options")
 
 
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: a quality score for an earlier answer, by its id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(..., max_length=64, description="the id of the answer (its response's 'id')")
+    score: float = Field(..., description="quality score (any scale the user chooses, e.g. 0-1 or 1-5)")
+
+
 class ScoreRequest(BaseModel):
     """``POST /v1/score``: examples in data units (nested lists) or images as base64 PNGs."""
 
@@ -97,8 +113,11 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     files = settings.files_dir or Path(tempfile.mkdtemp(prefix="genzoo-serve-files-"))
     files.mkdir(parents=True, exist_ok=True)
     metrics = ServerMetrics()
+    store = RequestStore(settings.store) if settings.store else None
+    tracker = Tracker(registry, metrics, store, settings.dedupe)
+    keys = KeyRing(settings.api_keys)
     app = FastAPI(title="genzoo", version=__version__, docs_url="/docs", redoc_url=None)
-    app.state.registry, app.state.settings, app.state.metrics = registry, settings, metrics
+    app.state.registry, app.state.settings, app.state.metrics, app.state.store = registry, settings, metrics, store
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -109,30 +128,9 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                                            "invalid_request_error"), status_code=413)
         return await call_next(request)
 
-    @contextmanager
-    def timed(endpoint: str, requested: str) -> Iterator[None]:
-        """Count, time and track one request; unknown names share one label (clients cannot add label values)."""
-        model = requested if requested in registry.models else "(unknown)"
-        metrics.in_flight.labels(model).inc()
-        start, status = time.perf_counter(), "200"
-        try:
-            yield
-        except APIError as err:
-            status = str(err.status)
-            raise
-        except UnknownModelError:
-            status = "404"
-            raise
-        except GenzooError:
-            status = "400"
-            raise
-        except Exception:
-            status = "500"
-            raise
-        finally:
-            metrics.in_flight.labels(model).dec()
-            metrics.latency.labels(endpoint, model).observe(time.perf_counter() - start)
-            metrics.requests.labels(endpoint, model, status).inc()
+    def caller(authorization: str | None = Header(None)) -> str | None:
+        """The client's key id (None when the server is open); 401/429 for a missing, wrong or throttled key."""
+        return keys.check(authorization)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -140,20 +138,21 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                 "models": {name: {"loaded": served.loaded} for name, served in registry.models.items()}}
 
     @app.get("/metrics")
-    def prometheus() -> Response:
+    def prometheus(_: str | None = Depends(caller)) -> Response:
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
     @app.get("/v1/models")
-    def list_models() -> dict[str, Any]:
+    def list_models(_: str | None = Depends(caller)) -> dict[str, Any]:
         return {"object": "list", "data": [served.describe() for served in registry.models.values()]}
 
     @app.post("/v1/images/generations")
-    def images(request: ImageRequest) -> dict[str, Any]:
+    def images(request: ImageRequest, key: str | None = Depends(caller)) -> dict[str, Any]:
         if request.n > settings.max_images:
             raise APIError(400, f"n is {request.n}; this server draws at most {settings.max_images} images per request",
                            param="n")
-        with timed("images", request.model):
+        parameters = request.model_dump(by_alias=True)
+        with tracker.track("images", request.model, parameters, key) as tracked:
             served, model = registry.get(request.model)
             if model.data.kind is not DataKind.IMAGE:
                 raise APIError(400, f"model '{request.model}' does not make images ({model.data.kind.value} data)",
@@ -165,23 +164,23 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
             with served.lock:
                 images = model.sample(request.n, seed=request.seed, labels=labels, **request.options)
             metrics.batch_size.labels("images", request.model).observe(request.n)
-            pngs = [_png(image) for image in images]
-        data = [_image_entry(png, request.response_format, files) for png in pngs]
-        return {"created": int(time.time()), "data": data,
-                "genzoo": {"model": request.model, "checkpoint": model.provenance.get("checkpoint"),
-                           "step": model.provenance.get("step"), "seed": request.seed or 0}}
+            data = [_image_entry(_png(image), request.response_format, files) for image in images]
+            return tracked.respond({"id": tracked.id, "created": int(time.time()), "data": data,
+                                    "genzoo": {"model": request.model, "seed": request.seed or 0,
+                                               "checkpoint": model.provenance.get("checkpoint"),
+                                               "step": model.provenance.get("step")}}, samples=request.n)
 
     @app.post("/v1/edits")
-    def edits(request: EditRequest) -> dict[str, Any]:
-        with timed("edits", request.model):
+    def edits(request: EditRequest, key: str | None = Depends(caller)) -> dict[str, Any]:
+        with tracker.track("edits", request.model, request.model_dump(by_alias=True), key) as tracked:
             served, model = registry.get(request.model)
             image = _decode_image(request.image, model, "image")
             mask = None if request.mask is None else _decode_image(request.mask, model, "mask", mask=True)
             options = {**request.options, **({} if request.label is None else {"labels": request.label})}
             with served.lock:
                 edited = edit_image(model, image, mask, strength=request.strength, seed=request.seed, **options)
-        return {"created": int(time.time()), "data": [_image_entry(png, request.response_format, files)
-                                                      for png in map(_png, edited)]}
+            data = [_image_entry(_png(image), request.response_format, files) for image in edited]
+            return tracked.respond({"id": tracked.id, "created": int(time.time()), "data": data}, samples=len(data))
 
     @app.get("/v1/files/{name}")
     def stored_file(name: str) -> FileResponse:
@@ -190,20 +189,29 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         return FileResponse(files / name, media_type="image/png")
 
     @app.post("/v1/score")
-    def score(request: ScoreRequest) -> dict[str, Any]:
-        with timed("score", request.model):
+    def score(request: ScoreRequest, key: str | None = Depends(caller)) -> dict[str, Any]:
+        with tracker.track("score", request.model, request.model_dump(), key) as tracked:
             served, model = registry.get(request.model, Capability.ANOMALY_SCORE)
             x = _score_inputs(model, request, settings.max_score_examples)
             with served.lock:
                 result = score_examples(model, x)
             metrics.batch_size.labels("score", request.model).observe(len(x))
-        bpd = result.bits_per_dim
-        return {"object": "list", "model": request.model, "score_name": result.score_name,
-                "data": [{"index": i, "score": float(s), **({"bits_per_dim": float(bpd[i])} if bpd is not None else {})}
-                         for i, s in enumerate(result.scores.tolist())],
-                "notes": list(result.notes)}
+            bpd = result.bits_per_dim
+            rows = [{"index": i, "score": float(s), **({"bits_per_dim": float(bpd[i])} if bpd is not None else {})}
+                    for i, s in enumerate(result.scores.tolist())]
+            return tracked.respond({"id": tracked.id, "object": "list", "model": request.model,
+                                    "score_name": result.score_name, "data": rows, "notes": list(result.notes)},
+                                   samples=len(rows))
 
-    install_text_routes(app, registry, settings.max_n, settings.max_tokens, timed)
+    @app.post("/v1/feedback")
+    def feedback(request: FeedbackRequest, key: str | None = Depends(caller)) -> dict[str, Any]:
+        if store is None:
+            raise APIError(400, "this server keeps no request store, so there is nothing to attach feedback to")
+        if not store.set_quality(request.id, request.score):
+            raise APIError(404, f"no stored answer has the id '{request.id}'", param="id", code="not_found")
+        return {"id": request.id, "score": request.score, "object": "feedback"}
+
+    install_text_routes(app, registry, tracker, caller, settings, [BlockList(settings.block_list)])
     return app
 
 

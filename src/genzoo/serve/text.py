@@ -10,20 +10,22 @@ transcript (``user: ...`` lines, then ``assistant:``), which is what a model tra
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Header
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genzoo.contract import Capability, GenerativeModel
 from genzoo.generation import generation_config, stream_steps
 from genzoo.serve.errors import APIError
+from genzoo.serve.guardrails import Guardrail, first_offence
 from genzoo.serve.registry import ModelRegistry
+from genzoo.serve.tracking import Tracker
 
 #: the roles a chat message may have
 Role = Literal["system", "user", "assistant"]
@@ -107,43 +109,65 @@ def transcript(messages: list[Message]) -> str:
     return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
 
 
-def install_text_routes(app: FastAPI, registry: ModelRegistry, max_n: int, max_tokens: int,
-                        timed: Callable[[str, str], Any]) -> None:
+def install_text_routes(app: FastAPI, registry: ModelRegistry, tracker: Tracker, caller: Callable[..., str | None],
+                        settings: Any, guardrails: list[Guardrail]) -> None:
     """Add ``/v1/completions`` and ``/v1/chat/completions`` to ``app``."""
 
-    def prepare(request: TextRequest, endpoint: str) -> tuple[Any, GenerativeModel, dict[str, Any]]:
-        if request.n > max_n:
-            raise APIError(400, f"n is {request.n}; this server draws at most {max_n} per request", param="n")
-        served, model = registry.get(request.model, Capability.GENERATE_TEXT)
-        return served, model, request.generation(max_tokens)
+    def answer(endpoint: str, request: TextRequest, key: str | None, session: str | None, text: str,
+               prompt_ids: Callable[[GenerativeModel], list[int]], chat: bool, echo: str
+               ) -> dict[str, Any] | StreamingResponse:
+        """Answer a text request whose user-written ``text`` the model reads as ``prompt_ids(model)``."""
+        if request.n > settings.max_n:
+            raise APIError(400, f"n is {request.n}; this server draws at most {settings.max_n} per request", param="n")
+        parameters = request.model_dump(exclude_none=True)
+        with tracker.track(endpoint, request.model, parameters, key, session) as tracked:
+            offence = first_offence(guardrails, text)
+            if offence is not None:
+                raise APIError(400, f"the prompt was refused: it contains {offence[1]}", code="content_filter")
+            served, model = registry.get(request.model, Capability.GENERATE_TEXT)
+            options = request.generation(settings.max_tokens)
+            ids = prompt_ids(model)
+            cached = None if request.stream else tracker.cached(endpoint, request.model, parameters)
+            if cached is not None:
+                return tracked.respond(cached, prompt_tokens=0, completion_tokens=0)
+            reply = Reply(tracked.id, "chat.completion" if chat else "text_completion", request.model, len(ids),
+                          request.n, guardrails)
+            steps = _steps(served, model, ids, options)
+            if not request.stream:
+                return tracked.respond(reply.whole(steps, chat, echo), prompt_tokens=len(ids),
+                                       completion_tokens=reply.completion_tokens)
+            tracked.deferred = True
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return _sse(reply.chunks(steps, chat, echo, include_usage),
+                        lambda: tracker.finish(tracked, 200, reply.summary(chat)))
 
     @app.post("/v1/completions", response_model=None)
-    def completions(request: CompletionRequest) -> dict[str, Any] | StreamingResponse:
-        with timed("completions", request.model):
-            served, model, options = prepare(request, "completions")
-            prompt = request.prompt if isinstance(request.prompt, str) else request.prompt[0]
-            ids = model.prompt_ids(prompt)
-            echo = prompt if request.echo else ""
-            reply = Reply("cmpl", "text_completion", request.model, len(ids), request.n)
-            steps = _steps(served, model, ids, options)
-            if request.stream:
-                return _sse(reply.chunks(steps, chat=False, echo=echo,
-                                         usage=bool(request.stream_options and request.stream_options.include_usage)))
-            return reply.whole(steps, chat=False, echo=echo)
+    def completions(request: CompletionRequest, key: str | None = Depends(caller)
+                    ) -> dict[str, Any] | StreamingResponse:
+        prompt = request.prompt if isinstance(request.prompt, str) else request.prompt[0]
+        return answer("completions", request, key, None, prompt, lambda model: model.prompt_ids(prompt),
+                      chat=False, echo=prompt if request.echo else "")
 
     @app.post("/v1/chat/completions", response_model=None)
-    def chat(request: ChatRequest) -> dict[str, Any] | StreamingResponse:
-        with timed("chat", request.model):
-            served, model, options = prepare(request, "chat")
-            messages = [m.model_dump(exclude_none=True) for m in request.messages]
-            ids = (model.chat_prompt_ids(messages) if Capability.CHAT in model.capabilities
-                   else model.prompt_ids(transcript(request.messages)))
-            reply = Reply("chatcmpl", "chat.completion", request.model, len(ids), request.n)
-            steps = _steps(served, model, ids, options)
-            if request.stream:
-                return _sse(reply.chunks(steps, chat=True, echo="",
-                                         usage=bool(request.stream_options and request.stream_options.include_usage)))
-            return reply.whole(steps, chat=True, echo="")
+    def chat(request: ChatRequest, key: str | None = Depends(caller),
+             x_session_id: str | None = Header(None, max_length=64)) -> dict[str, Any] | StreamingResponse:
+        messages = [m.model_dump(exclude_none=True) for m in request.messages]
+
+        def prompt_ids(model: GenerativeModel) -> list[int]:
+            if Capability.CHAT in model.capabilities:
+                return model.chat_prompt_ids(messages)
+            return model.prompt_ids(transcript(request.messages))
+
+        return answer("chat", request, key, x_session_id or session_of(messages, key),
+                      "\n".join(m["content"] for m in messages), prompt_ids, chat=True, echo="")
+
+
+def session_of(messages: list[dict[str, Any]], key: str | None) -> str:
+    """A conversation's id when the client sends none (``X-Session-Id``): chat clients resend the whole history
+    each turn, so the messages up to the first user message identify the conversation."""
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), len(messages) - 1)
+    opening = json.dumps([key, messages[: first_user + 1]], sort_keys=True)
+    return "s-" + hashlib.sha256(opening.encode()).hexdigest()[:24]
 
 
 def _steps(served: Any, model: GenerativeModel, ids: list[int], options: dict[str, Any]
@@ -155,63 +179,88 @@ def _steps(served: Any, model: GenerativeModel, ids: list[int], options: dict[st
 
 
 class Reply:
-    """One answer's id, timestamps and usage, written whole or as stream chunks."""
+    """One answer's text, finish reasons and usage, written whole or as stream chunks. Output guardrails cut a
+    completion where it first offends (``finish_reason: "content_filter"``)."""
 
-    def __init__(self, prefix: str, kind: str, model: str, prompt_tokens: int, n: int) -> None:
-        self.id, self.kind, self.model = f"{prefix}-{uuid.uuid4().hex[:24]}", kind, model
+    def __init__(self, id: str, kind: str, model: str, prompt_tokens: int, n: int,
+                 guardrails: list[Guardrail]) -> None:
+        self.id, self.kind, self.model, self.guardrails = id, kind, model, guardrails
         self.created, self.prompt_tokens, self.n = int(time.time()), prompt_tokens, n
         self.completion_tokens = 0
+        self.texts, self.reasons = [""] * n, [None] * n
+        self.sent = [0] * n  # characters of each text already sent
 
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
     def whole(self, steps: Iterator[tuple[list[str], list[str | None]]], chat: bool, echo: str) -> dict[str, Any]:
-        texts, reasons = [echo] * self.n, [None] * self.n
-        for pieces, finished in self._counted(steps):
-            texts = [t + p for t, p in zip(texts, pieces, strict=True)]
-            reasons = [r or f for r, f in zip(reasons, finished, strict=True)]
-        choices = [{"index": i, "finish_reason": reasons[i] or "length",
-                    **({"message": {"role": "assistant", "content": texts[i]}} if chat
-                       else {"text": texts[i], "logprobs": None})} for i in range(self.n)]
+        for _ in self._advance(steps):
+            pass
+        return self.summary(chat, echo)
+
+    def summary(self, chat: bool, echo: str = "") -> dict[str, Any]:
+        """The whole answer so far, in the non-streamed shape."""
+        choices = [{"index": i, "finish_reason": self.reasons[i] or "length",
+                    **({"message": {"role": "assistant", "content": self.texts[i]}} if chat
+                       else {"text": echo + self.texts[i], "logprobs": None})} for i in range(self.n)]
         return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
                 "choices": choices, "usage": self.usage()}
 
     def chunks(self, steps: Iterator[tuple[list[str], list[str | None]]], chat: bool, echo: str,
                usage: bool) -> Iterator[dict[str, Any]]:
         kind = self.kind + ".chunk" if chat else self.kind
-        first = [{"index": i, **({"delta": {"role": "assistant", "content": ""}} if chat
-                                 else {"text": echo, "logprobs": None}), "finish_reason": None}
-                 for i in range(self.n)]
-        yield self._chunk(kind, first)
-        for pieces, finished in self._counted(steps):
-            choices = [{"index": i, **({"delta": {"content": p}} if chat else {"text": p, "logprobs": None}),
-                        "finish_reason": finished[i]}
+        yield self._chunk(kind, [{"index": i, **self._delta(chat, echo, first=True), "finish_reason": None}
+                                 for i in range(self.n)])
+        for pieces, finished in self._advance(steps):
+            choices = [{"index": i, **self._delta(chat, p), "finish_reason": finished[i]}
                        for i, p in enumerate(pieces) if p or finished[i]]
             if choices:
                 yield self._chunk(kind, choices)
         if usage:
             yield {**self._chunk(kind, []), "usage": self.usage()}
 
+    @staticmethod
+    def _delta(chat: bool, text: str, first: bool = False) -> dict[str, Any]:
+        if chat:
+            return {"delta": {"role": "assistant", "content": text} if first else {"content": text}}
+        return {"text": text, "logprobs": None}
+
     def _chunk(self, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
-    def _counted(self, steps: Iterator[tuple[list[str], list[str | None]]]
+    def _advance(self, steps: Iterator[tuple[list[str], list[str | None]]]
                  ) -> Iterator[tuple[list[str], list[str | None]]]:
-        """The steps, counting one generated token per sequence still running at each step."""
-        running = [True] * self.n
+        """Run the steps: count one token per running sequence, apply the output guardrails, and yield what is
+        safe to send of each sequence and the finish reasons of this step."""
         for pieces, finished in steps:
+            running = [r is None for r in self.reasons]
             self.completion_tokens += sum(running)
-            running = [r and f is None for r, f in zip(running, finished, strict=True)]
-            yield pieces, finished
+            out, reasons = [""] * self.n, [None] * self.n
+            for i in (i for i in range(self.n) if running[i]):
+                self.texts[i] += pieces[i]
+                reason = finished[i]
+                offence = first_offence(self.guardrails, self.texts[i])
+                if offence is not None:
+                    self.texts[i], reason = self.texts[i][: offence[0]], "content_filter"
+                out[i] = self.texts[i][self.sent[i]:]
+                self.sent[i] = len(self.texts[i])
+                self.reasons[i] = reasons[i] = reason
+            yield out, reasons
+            if all(r is not None for r in self.reasons):
+                return
 
 
-def _sse(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
-    """Server-sent events in OpenAI's format: one ``data:`` line per chunk, then ``data: [DONE]``."""
+def _sse(chunks: Iterator[dict[str, Any]], on_end: Callable[[], None]) -> StreamingResponse:
+    """Server-sent events in OpenAI's format: one ``data:`` line per chunk, then ``data: [DONE]``; ``on_end`` runs
+    when the stream is over (finished or abandoned by the client)."""
 
     def events() -> Iterator[str]:
-        for chunk in chunks:
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-        yield "data: [DONE]\n\n"
+        try:
+            for chunk in chunks:
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            on_end()
 
     return StreamingResponse(events(), media_type="text/event-stream")
