@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -239,7 +240,7 @@ def test_the_openai_client_works_unchanged_against_a_live_server(runs: Path) -> 
 
 
 @contextmanager
-def live_server(registry: ModelRegistry) -> Iterator[str]:
+def live_server(registry: ModelRegistry, settings: ServeSettings | None = None) -> Iterator[str]:
     """A real uvicorn server on a free loopback port, in a thread, for the duration of the block."""
     import socket
     import threading
@@ -249,7 +250,8 @@ def live_server(registry: ModelRegistry) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(registry), host="127.0.0.1", port=port, log_level="error"))
+    config = uvicorn.Config(create_app(registry, settings), host="127.0.0.1", port=port, log_level="error")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -396,3 +398,36 @@ def test_keys_are_made_hashed_and_requests_exported(tmp_path: Path, runs: Path) 
     missing = CliRunner().invoke(app, ["requests", "export", "--store", f"sqlite:///{tmp_path / 'none.db'}",
                                        "--out", str(tmp_path / "x.jsonl")])
     assert missing.exit_code != 0 and "no request store" in str(missing.exception)
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no chromium installed (apt-get install -y chromium)")
+def test_the_playground_generates_text_and_images_in_headless_chromium(runs: Path, tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    registry = ModelRegistry.from_sources([str(runs / "gpt"), str(runs / "vae")])
+    settings = ServeSettings(store=f"sqlite:///{tmp_path / 'requests.db'}")
+    with live_server(registry, settings) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+            page.select_option("#model", "gpt")
+            page.fill("#prompt", "the cat")
+            page.fill("#max_tokens", "12")
+            page.click("#generate-text")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('answered by gpt')")
+            expected = registry.models["gpt"].get().generate("the cat", max_new_tokens=12, temperature=0.8, seed=0)
+            assert page.inner_text("#output") == "the cat" + expected
+            page.select_option("#model", "vae")
+            assert page.is_visible("#image-panel") and not page.is_visible("#text-panel")
+            page.fill("#n", "4")
+            page.click("#generate-images")
+            page.wait_for_function("document.querySelectorAll('#images img').length === 4")
+            page.wait_for_function("document.querySelectorAll('#requests tbody tr').length === 2")
+            assert "images" in page.inner_text("#requests") and "completions" in page.inner_text("#requests")
+            assert page.inner_text("#error") == ""
+        finally:
+            browser.close()

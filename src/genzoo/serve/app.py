@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, Header, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from genzoo._version import __version__
@@ -38,6 +38,8 @@ from genzoo.serve.text import install_text_routes
 from genzoo.serve.tracking import Tracker
 
 _FILE_NAME = r"^[0-9a-f]{32}\.png$"
+#: the playground page (plain HTML and JavaScript, no build step)
+PLAYGROUND = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
 
 
 class ServeSettings(BaseModel):
@@ -131,6 +133,20 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     def caller(authorization: str | None = Header(None)) -> str | None:
         """The client's key id (None when the server is open); 401/429 for a missing, wrong or throttled key."""
         return keys.check(authorization)
+
+    @app.get("/", response_class=HTMLResponse)
+    def playground() -> str:
+        """The playground page: pick a model, set its options, generate, browse recent requests."""
+        return PLAYGROUND
+
+    @app.get("/v1/requests")
+    def recent_requests(limit: int = Query(50, ge=1, le=1000), _: str | None = Depends(caller)) -> dict[str, Any]:
+        """The latest stored requests, newest first, without their bodies (the playground's list)."""
+        if store is None:
+            return {"object": "list", "data": []}
+        fields = ("id", "created", "endpoint", "model", "status", "latency_s", "prompt_tokens", "completion_tokens",
+                  "samples", "session_id", "api_key_id", "quality")
+        return {"object": "list", "data": [{k: row[k] for k in fields} for row in store.recent(limit)]}
 
     @app.get("/health")
     def health() -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from genzoo.contract import Capability, GenerativeModel
 from genzoo.errors import ConfigError, GenzooError
-from genzoo.runs import load, pretrained_class
+from genzoo.runs import RunDir, load, pretrained_class, resolve_class
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -46,12 +46,18 @@ class ServedModel:
         return self.model is not None
 
     def describe(self) -> dict[str, object]:
-        """The ``/v1/models`` entry: OpenAI's fields plus what genzoo knows about the model."""
+        """The ``/v1/models`` entry: OpenAI's fields plus what genzoo knows about the model -- read from the run's
+        config when it is not loaded yet, so listing never loads weights -- and its sampling options' JSON Schema."""
         entry: dict[str, object] = {"id": self.name, "object": "model", "created": 0, "owned_by": "genzoo",
-                                    "source": self.source, "loaded": self.loaded}
+                                    "loaded": self.loaded}
         if self.model is not None:
-            entry.update(family=self.model.family, kind=self.model.data.kind.value,
-                         capabilities=sorted(c.value for c in self.model.capabilities))
+            cls, kind, caps = type(self.model), self.model.data.kind.value, self.model.capabilities
+        else:
+            cls = resolve_class(self.source)
+            kind = RunDir(self.source).data_info().kind.value if pretrained_class(self.source) is None else "tokens"
+            caps = cls.base_capabilities
+        entry.update(family=cls.family, kind=kind, capabilities=sorted(c.value for c in caps),
+                     options=cls.sample_options_schema())
         return entry
 
 
