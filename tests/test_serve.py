@@ -34,6 +34,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  overrides={"latent_dim": 8, "width": 8}, **FAST)
     genzoo.train("ddpm", "digits", steps=3, out=folder / "ddpm", seed=0,
                  overrides=dict(genzoo.registry.model_class("ddpm").smoke_config), **FAST)
+    genzoo.train("made", "digits", steps=5, out=folder / "made", seed=0,
+                 overrides=dict(genzoo.registry.model_class("made").smoke_config), **FAST)
     corpus = tmp_path_factory.mktemp("text") / "corpus.txt"
     corpus.write_text(TINY_CORPUS + "user: hi\nassistant: hello, the bird sang.\n" * 10)  # chats as transcripts
     genzoo.train("gpt", f"text:{corpus}#context=32", steps=30, out=folder / "gpt", seed=0,
@@ -64,9 +66,9 @@ def _error(response: object, status: int) -> dict:
 
 def test_models_and_health_list_every_run_loaded_lazily(client: TestClient) -> None:
     health = client.get("/health").json()
-    assert health["status"] == "ok" and set(health["models"]) == {"dcgan", "ddpm", "gpt", "vae"}
+    assert health["status"] == "ok" and set(health["models"]) == {"dcgan", "ddpm", "gpt", "made", "vae"}
     listed = client.get("/v1/models").json()
-    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == ["dcgan", "ddpm", "gpt", "vae"]
+    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == ["dcgan", "ddpm", "gpt", "made", "vae"]
     assert all(m["object"] == "model" for m in listed["data"])
 
 
@@ -148,7 +150,7 @@ def test_metrics_count_requests_latency_and_batches(client: TestClient) -> None:
 def test_sources_are_named_and_checked(runs: Path) -> None:
     assert source_name(str(runs / "vae")) == ("vae", str(runs / "vae"))
     assert source_name(f"small={runs / 'vae'}") == ("small", str(runs / "vae"))
-    assert expand_sources([str(runs)]) == [str(runs / name) for name in ("dcgan", "ddpm", "gpt", "vae")]
+    assert expand_sources([str(runs)]) == [str(runs / name) for name in ("dcgan", "ddpm", "gpt", "made", "vae")]
     registry = ModelRegistry()
     registry.add("vae", str(runs / "vae"))
     with pytest.raises(ConfigError, match="two models"):
@@ -431,3 +433,46 @@ def test_the_playground_generates_text_and_images_in_headless_chromium(runs: Pat
             assert page.inner_text("#error") == ""
         finally:
             browser.close()
+
+
+def test_concurrent_score_requests_are_batched_and_answered_exactly(client: TestClient) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = genzoo.load_dataset("digits").examples("test").x[:24]
+    single = [client.post("/v1/score", json={"model": "made", "input": x[i : i + 3].tolist()}).json()
+              for i in range(0, 24, 3)]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda i: client.post("/v1/score", json={"model": "made",
+                                                                         "input": x[i : i + 3].tolist()}).json(),
+                                 range(0, 24, 3)))
+    assert [d["score"] for r in together for d in r["data"]] == \
+        pytest.approx([d["score"] for r in single for d in r["data"]], rel=1e-5)
+    text = client.get("/metrics").text
+    batches = float(text.split('genzoo_batch_size_count{endpoint="score",model="made"} ')[1].split()[0])
+    examples = float(text.split('genzoo_batch_size_sum{endpoint="score",model="made"} ')[1].split()[0])
+    assert examples / batches > 3  # some calls carried more than one request's 3 examples
+    # the VAE's bound draws noise per call: it is scored request by request, so values never depend on neighbours
+    stochastic = [client.post("/v1/score", json={"model": "vae", "input": x[:3].tolist()}).json() for _ in range(2)]
+    assert stochastic[0]["data"] == stochastic[1]["data"]
+
+
+def test_the_batcher_keeps_shapes_apart_and_passes_errors_to_every_caller() -> None:
+    import threading
+
+    from genzoo.serve.batching import Batcher
+
+    sizes: list[int] = []
+    batcher = Batcher(lambda x: x.flatten(1).sum(1), max_batch=64, max_wait_s=0.05, on_batch=sizes.append)
+    inputs = [torch.full((2, 3), float(i)) for i in range(4)] + [torch.ones(1, 5)]
+    results: dict[int, torch.Tensor] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher(inputs[i]))) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, x in enumerate(inputs):
+        assert torch.equal(results[i], x.flatten(1).sum(1))
+    assert sum(sizes) == 9 and len(sizes) < 5
+    failing = Batcher(lambda x: (_ for _ in ()).throw(ValueError("bad rows")))
+    with pytest.raises(ValueError, match="bad rows"):
+        failing(torch.zeros(1, 2))

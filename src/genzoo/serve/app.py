@@ -27,12 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from genzoo._version import __version__
 from genzoo.contract import Capability, DataKind, GenerativeModel
 from genzoo.editing import edit as edit_image
-from genzoo.eval.scoring import score as score_examples
+from genzoo.eval.scoring import example_scores, model_examples
 from genzoo.serve.auth import APIKey, KeyRing
+from genzoo.serve.batching import Batcher
 from genzoo.serve.errors import APIError, error_body, install_error_handlers
 from genzoo.serve.guardrails import BlockList
 from genzoo.serve.metrics import ServerMetrics
-from genzoo.serve.registry import ModelRegistry
+from genzoo.serve.registry import ModelRegistry, ServedModel
 from genzoo.serve.store import RequestStore
 from genzoo.serve.text import install_text_routes
 from genzoo.serve.tracking import Tracker
@@ -52,6 +53,8 @@ class ServeSettings(BaseModel):
     max_images: int = Field(64, ge=1, description="largest number of images per image request")
     max_score_examples: int = Field(1024, ge=1, description="largest number of examples per score request")
     max_tokens: int = Field(1024, ge=1, description="largest max_tokens per text request")
+    max_batch: int = Field(256, ge=1, description="dynamic batching: most examples scored in one model call")
+    max_wait_ms: float = Field(5.0, ge=0, description="dynamic batching: longest wait for more requests to batch")
     files_dir: Path | None = Field(None, description="where images returned as URLs are kept (default: a temp dir)")
     store: str | None = Field(None, description="SQLAlchemy URL of the request store (sqlite:///requests.db); None: "
                                                 "no store")
@@ -204,20 +207,30 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
             raise APIError(404, f"no file '{name[:40]}'", code="file_not_found")
         return FileResponse(files / name, media_type="image/png")
 
+    batchers: dict[str, Batcher] = {}
+
+    def batcher(name: str, served: ServedModel, model: GenerativeModel) -> Batcher:
+        """The model's score batcher: concurrent score requests become one model call."""
+
+        if name not in batchers:
+            batchers[name] = Batcher(lambda x: _scores_now(served, model, x), settings.max_batch,
+                                     settings.max_wait_ms / 1000,
+                                     on_batch=metrics.batch_size.labels("score", name).observe)
+        return batchers[name]
+
     @app.post("/v1/score")
     def score(request: ScoreRequest, key: str | None = Depends(caller)) -> dict[str, Any]:
         with tracker.track("score", request.model, request.model_dump(), key) as tracked:
             served, model = registry.get(request.model, Capability.ANOMALY_SCORE)
-            x = _score_inputs(model, request, settings.max_score_examples)
-            with served.lock:
-                result = score_examples(model, x)
-            metrics.batch_size.labels("score", request.model).observe(len(x))
-            bpd = result.bits_per_dim
-            rows = [{"index": i, "score": float(s), **({"bits_per_dim": float(bpd[i])} if bpd is not None else {})}
-                    for i, s in enumerate(result.scores.tolist())]
+            x = model_examples(model, _score_inputs(model, request, settings.max_score_examples))
+            # a stochastic bound (the VAE's) draws its noise per call: batched, a value would depend on its
+            # neighbours, so only deterministic scores are batched
+            deterministic = Capability.EXACT_LIKELIHOOD in model.capabilities or model.score_name != "nll_nats"
+            values = batcher(request.model, served, model)(x) if deterministic else _scores_now(served, model, x)
+            rows = [{"index": i, "score": float(s), **({} if bpd != bpd else {"bits_per_dim": float(bpd)})}
+                    for i, (s, bpd) in enumerate(values.tolist())]
             return tracked.respond({"id": tracked.id, "object": "list", "model": request.model,
-                                    "score_name": result.score_name, "data": rows, "notes": list(result.notes)},
-                                   samples=len(rows))
+                                    "score_name": model.score_name, "data": rows}, samples=len(rows))
 
     @app.post("/v1/feedback")
     def feedback(request: FeedbackRequest, key: str | None = Depends(caller)) -> dict[str, Any]:
@@ -229,6 +242,13 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
 
     install_text_routes(app, registry, tracker, caller, settings, [BlockList(settings.block_list)])
     return app
+
+
+def _scores_now(served: ServedModel, model: GenerativeModel, x: torch.Tensor) -> torch.Tensor:
+    """(N, 2): each example's score and bits/dim (NaN for scores that are not likelihoods), in one model call."""
+    with served.lock:
+        values, bpd = example_scores(model, x)
+    return torch.stack([values, bpd if bpd is not None else torch.full_like(values, float("nan"))], 1)
 
 
 def _png(image: torch.Tensor) -> bytes:
