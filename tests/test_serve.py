@@ -476,3 +476,27 @@ def test_the_batcher_keeps_shapes_apart_and_passes_errors_to_every_caller() -> N
     failing = Batcher(lambda x: (_ for _ in ()).throw(ValueError("bad rows")))
     with pytest.raises(ValueError, match="bad rows"):
         failing(torch.zeros(1, 2))
+
+
+def test_constrained_completions_always_satisfy_their_constraint(client: TestClient) -> None:
+    import re
+
+    base = {"model": "gpt", "prompt": "the ", "max_tokens": 20, "temperature": 1.5}
+    for seed in range(4):
+        choice = client.post("/v1/completions", json={**base, "seed": seed, "choice": ["cat sat", "dog ran"]}).json()
+        assert choice["choices"][0]["text"] in {"cat sat", "dog ran"}
+        assert choice["choices"][0]["finish_reason"] == "stop"
+        regex = client.post("/v1/completions", json={**base, "seed": seed, "regex": "(cat|dog) (sat|ran)"}).json()
+        assert re.fullmatch("(cat|dog) (sat|ran)", regex["choices"][0]["text"])
+    streamed = _events(client.post("/v1/completions", json={**base, "seed": 1, "regex": "(cat|dog) (sat|ran)",
+                                                            "stream": True}))
+    text = "".join(c["text"] for chunk in streamed for c in chunk["choices"])
+    assert text == client.post("/v1/completions", json={**base, "seed": 1, "regex": "(cat|dog) (sat|ran)"}
+                               ).json()["choices"][0]["text"]
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer"}}}
+    refused = client.post("/v1/completions", json={**base, "response_format": schema})
+    assert _error(refused, 400)["message"]  # the char tokenizer of this corpus has no digits: a clear refusal
+    both = client.post("/v1/completions", json={**base, "regex": "a", "choice": ["b"]})
+    assert "one constraint" in _error(both, 400)["message"]
+    assert "json_schema" in _error(client.post("/v1/completions", json={**base, "response_format": {
+        "type": "json_object"}}), 400)["message"]

@@ -2,7 +2,8 @@
 as server-sent events (``data: {chunk}`` lines ending with ``data: [DONE]``), with usage counts.
 
 Request fields are OpenAI's (model, prompt/messages, max_tokens, temperature, top_p, n, stop, seed, stream,
-stream_options.include_usage) plus genzoo's ``top_k``, ``min_p`` and ``repetition_penalty``; fields the server
+stream_options.include_usage, response_format with a json_schema) plus genzoo's ``top_k``, ``min_p``,
+``repetition_penalty`` and the constraints ``regex``, ``grammar`` and ``choice`` (:mod:`genzoo.constrain`); fields the server
 cannot honour (``logprobs``, non-zero presence/frequency penalties) are refused by name rather than ignored.
 A chat goes through the model's chat template when it has one (pretrained chat models), else through a plain
 transcript (``user: ...`` lines, then ``assistant:``), which is what a model trained on plain text can continue.
@@ -21,7 +22,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genzoo.contract import Capability, GenerativeModel
-from genzoo.generation import generation_config, stream_steps
+from genzoo.data.grammar import GRAMMARS
+from genzoo.constrain import Choice, Constraint, Grammar, JsonSchema, Regex
+from genzoo.generation import Completion, TextGenerationMixin, generation_config, stream_ids
 from genzoo.serve.errors import APIError
 from genzoo.serve.guardrails import Guardrail, first_offence
 from genzoo.serve.registry import ModelRegistry
@@ -29,6 +32,24 @@ from genzoo.serve.tracking import Tracker
 
 #: the roles a chat message may have
 Role = Literal["system", "user", "assistant"]
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = Field(..., alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: ``text``, or ``json_schema`` (the completion is JSON valid under it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(BaseModel):
@@ -59,6 +80,36 @@ class TextRequest(BaseModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     user: str | None = None
+    response_format: ResponseFormat | None = None
+    regex: str | None = Field(None, description="extension: the completion must fully match this regular expression")
+    grammar: str | None = Field(None, description="extension: a Lark grammar (or a built-in: brackets, arith, json) "
+                                                  "the completion must parse under")
+    choice: list[str] | None = Field(None, min_length=1, description="extension: the completion is one of these")
+
+    def constraint(self) -> Constraint | None:
+        """The constraint the request asks for (at most one of response_format json_schema, regex, grammar,
+        choice)."""
+        schema = None
+        if self.response_format is not None and self.response_format.type == "json_object":
+            raise APIError(400, "response_format json_object is not supported: give a json_schema",
+                           param="response_format")
+        if self.response_format is not None and self.response_format.type == "json_schema":
+            if self.response_format.json_schema is None:
+                raise APIError(400, "response_format json_schema needs its 'json_schema'", param="response_format")
+            schema = self.response_format.json_schema.schema_
+        given = {k: v for k, v in (("response_format", schema), ("regex", self.regex), ("grammar", self.grammar),
+                                   ("choice", self.choice)) if v is not None}
+        if len(given) > 1:
+            raise APIError(400, f"give one constraint, not {' and '.join(given)}", param=next(iter(given)))
+        if schema is not None:
+            return JsonSchema(schema)
+        if self.regex is not None:
+            return Regex(self.regex)
+        if self.choice is not None:
+            return Choice(self.choice)
+        if self.grammar is not None:
+            return Grammar.builtin(self.grammar) if self.grammar in GRAMMARS else Grammar(self.grammar)
+        return None
 
     def generation(self, limit: int) -> dict[str, Any]:
         """The genzoo generation options of this request (refusing what cannot be honoured)."""
@@ -126,13 +177,17 @@ def install_text_routes(app: FastAPI, registry: ModelRegistry, tracker: Tracker,
                 raise APIError(400, f"the prompt was refused: it contains {offence[1]}", code="content_filter")
             served, model = registry.get(request.model, Capability.GENERATE_TEXT)
             options = request.generation(settings.max_tokens)
+            constraint = request.constraint()
+            if constraint is not None and not isinstance(model, TextGenerationMixin):
+                raise APIError(400, f"model '{request.model}' does not decode token by token, so it cannot be "
+                               "constrained", param="response_format")
             ids = prompt_ids(model)
             cached = None if request.stream else tracker.cached(endpoint, request.model, parameters)
             if cached is not None:
                 return tracked.respond(cached, prompt_tokens=0, completion_tokens=0)
             reply = Reply(tracked.id, "chat.completion" if chat else "text_completion", request.model, len(ids),
                           request.n, guardrails)
-            steps = _steps(served, model, ids, options)
+            steps = _steps(served, model, ids, options, constraint)
             if not request.stream:
                 return tracked.respond(reply.whole(steps, chat, echo), prompt_tokens=len(ids),
                                        completion_tokens=reply.completion_tokens)
@@ -170,12 +225,20 @@ def session_of(messages: list[dict[str, Any]], key: str | None) -> str:
     return "s-" + hashlib.sha256(opening.encode()).hexdigest()[:24]
 
 
-def _steps(served: Any, model: GenerativeModel, ids: list[int], options: dict[str, Any]
-           ) -> Iterator[tuple[list[str], list[str | None]]]:
-    """The generation steps (new text and finish reason per sequence), holding the model's lock while they run."""
+def _steps(served: Any, model: GenerativeModel, ids: list[int], options: dict[str, Any],
+           constraint: Constraint | None) -> Iterator[tuple[list[str], list[str | None]]]:
+    """The generation steps: per step, the new text of each sequence and, for a sequence that ended at this step,
+    why (``stop``/``length``); the model's lock is held while they run."""
     cfg = generation_config(**options)
+    outs = [Completion(model, cfg.stop) for _ in range(cfg.num_return_sequences)]
+    matchers = model.constraint_matchers(constraint, cfg) if constraint else None
+    reported = [False] * len(outs)
     with served.lock:
-        yield from stream_steps(model, ids, cfg)
+        for pieces in stream_ids(model, ids, cfg, outs, matchers):
+            finished = [out.finish_reason if out.done and not was else None for out, was in zip(outs, reported,
+                                                                                                 strict=True)]
+            reported = [out.done for out in outs]
+            yield pieces, finished
 
 
 class Reply:
