@@ -22,7 +22,7 @@ from genzoo.data import DataOptions
 from genzoo.data.grammar import GRAMMARS, corpus, pcfg
 from genzoo.data.text import text_dataset
 from genzoo.errors import ConfigError, GenzooError
-from genzoo.generation import ConstraintProcessor, _Completion, filter_logits, generation_config
+from genzoo.generation import Completion, ConstraintProcessor, filter_logits, generation_config
 
 FEW = settings(max_examples=6, deadline=None, derandomize=True)
 
@@ -267,7 +267,7 @@ def test_finish_reason_length_when_the_budget_runs_out(models: dict) -> None:
 def test_incremental_detokenisation_equals_whole_decoding(json_bpe: genzoo.Dataset, ids: list[int]) -> None:
     """Byte-level BPE ids in any order (partial UTF-8 characters too): the pieces add up to decoding all at once."""
     model = tiny("gpt", json_bpe)
-    out = _Completion(model, ())
+    out = Completion(model, ())
     pieces = [out.push(i) for i in ids] + [out.push(None)]
     assert "".join(pieces) == model.decode_tokens(ids)
     assert all("\ufffd" not in p for p in pieces[:-1]) or "\ufffd" in model.decode_tokens(ids)
@@ -283,7 +283,7 @@ def test_detokenisation_decodes_a_bounded_window_per_token(json_bpe: genzoo.Data
             lengths.append(len(ids))
             return model.decode_tokens(ids)
 
-    out = _Completion(Counting(), ())
+    out = Completion(Counting(), ())
     ids = json_bpe.tokenizer.encode('{"name":"alice","age":31,"tags":["red","blue"]}' * 8)
     text = "".join(out.push(i) for i in ids) + out.push(None)
     assert text == model.decode_tokens(ids) and max(lengths) <= 2
@@ -506,3 +506,11 @@ def test_the_fast_engine_allows_no_more_than_the_reference_and_generates_valid_t
     assert auto.engine == "reference"  # stop strings are the reference engine's
     with pytest.raises(ConfigError, match="stop strings"):
         compile_constraint(JsonSchema(PERSON), tok, tok.vocab_size, frozenset(), ("\n",), "fast")
+
+
+def test_a_constraint_the_vocabulary_cannot_write_is_one_clear_error() -> None:
+    """A character tokenizer without digits cannot start an integer: an error naming the problem, not a NaN draw."""
+    data = text_dataset("the cat sat on the mat.\n" * 20, DataOptions(context=16), "letters")
+    model = genzoo.create("gpt", data, layers=1, width=16, heads=2)
+    with pytest.raises(GenzooError, match="allows no token"):
+        model.generate("the ", max_new_tokens=5, temperature=1.0, constraint=JsonSchema({"type": "integer"}))

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from genzoo.constrain import Constraint, Engine, Matcher, compile_constraint
 from genzoo.contract import SampleOptions, eval_mode, validation_message
-from genzoo.errors import ConfigError
+from genzoo.errors import ConfigError, GenzooError
 
 
 class TokenSampling(SampleOptions):
@@ -167,6 +167,9 @@ class ConstraintProcessor:
     def __call__(self, logits: Tensor) -> Tensor:
         full = torch.ones(logits.shape[-1], dtype=torch.bool)
         masks = torch.stack([full if m.finished else _fit(m.allowed(), len(full)) for m in self.matchers])
+        if not masks.any(-1).all():  # a dead end: no token of this vocabulary continues the text validly
+            raise GenzooError("the constraint allows no token the model's vocabulary can write at this point (its "
+                              "tokenizer lacks the characters the constraint needs next)")
         return logits.masked_fill(~masks.to(logits.device), float("-inf"))
 
     def advance(self, tokens: Tensor) -> None:
@@ -220,7 +223,7 @@ class GenerationResult:
     complete: bool | None = None
 
 
-class _Completion:
+class Completion:
     """Incremental detokenisation of one sequence, holding back text that may still turn into a stop string.
 
     Linear in the length: each token decodes only the ids since the last settled text (``ids[prefix:]``, minus the
@@ -262,16 +265,16 @@ class _Completion:
         return new
 
 
-def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig, outs: list[_Completion] | None = None,
+def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig, outs: list[Completion] | None = None,
                matchers: list[Matcher] | None = None) -> Iterator[list[str]]:
     """Yield, per step, the new text of each of the ``num_return_sequences`` continuations of ``prompt_ids``.
 
-    ``outs`` (one :class:`_Completion` per sequence) receive the finish reasons; ``matchers`` constrain each
+    ``outs`` (one :class:`Completion` per sequence) receive the finish reasons; ``matchers`` constrain each
     sequence (a matcher that finishes by itself ends its sequence with reason ``"stop"``).
     """
     generator = torch.Generator().manual_seed(0 if cfg.seed is None else cfg.seed)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device).expand(cfg.num_return_sequences, -1)
-    outs = outs if outs is not None else [_Completion(model, cfg.stop) for _ in range(cfg.num_return_sequences)]
+    outs = outs if outs is not None else [Completion(model, cfg.stop) for _ in range(cfg.num_return_sequences)]
     processor = ConstraintProcessor(matchers) if matchers else None
     eos = model.eos_ids
     with eval_mode(model), torch.no_grad():
@@ -317,7 +320,7 @@ class TextGenerationMixin:
                 raise ConfigError("beam search (num_beams > 1) does not take a constraint or return_details; "
                                   "sample instead (num_beams=1)")
             return beam_texts(self, prompt_ids, cfg)
-        outs = [_Completion(self, cfg.stop) for _ in range(cfg.num_return_sequences)]
+        outs = [Completion(self, cfg.stop) for _ in range(cfg.num_return_sequences)]
         matchers = self.constraint_matchers(constraint, cfg, engine)
         texts = [""] * cfg.num_return_sequences
         for pieces in stream_ids(self, prompt_ids, cfg, outs, matchers):

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from genzoo.cli import advise, arena, demo, edit, eval, info, list_models, sample, score, train  # noqa: F401  (modules register commands)
+from genzoo.cli import (  # noqa: F401  (modules register commands)
+    advise,
+    arena,
+    demo,
+    edit,
+    eval,
+    info,
+    list_models,
+    sample,
+    score,
+    serve,
+    train,
+)
 from genzoo.cli.app import app, err_console
 from genzoo.errors import GenzooError
 

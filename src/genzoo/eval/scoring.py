@@ -93,13 +93,13 @@ def score(run_or_model: str | Path | GenerativeModel, data: str | Tensor | None 
     spec = data if data is not None else model.data.spec
     if spec is None or spec == "":
         raise GenzooError(f"'{model.name}' does not record the data it was trained on: name the data to score")
-    x = _examples(model, spec, split, notes)
-    scores, bpd = _scores(model, x, batch)
+    x = model_examples(model, spec, split, notes)
+    scores, bpd = example_scores(model, x, batch)
     result = ScoreResult(model.score_name, scores, bpd)
     if ood is not None:
         x_ood = _noise(model, len(x), seed) if isinstance(ood, str) and ood == "noise" else \
-            _examples(model, ood, split, notes)
-        result.ood_scores, result.ood_bits_per_dim = _scores(model, x_ood, batch)
+            model_examples(model, ood, split, notes)
+        result.ood_scores, result.ood_bits_per_dim = example_scores(model, x_ood, batch)
         result.auroc = auroc(result.scores, result.ood_scores)
     result.notes = tuple(notes)
     if out is not None:
@@ -107,7 +107,7 @@ def score(run_or_model: str | Path | GenerativeModel, data: str | Tensor | None 
     return result
 
 
-def _scores(model: GenerativeModel, x: Tensor, batch: int) -> tuple[Tensor, Tensor | None]:
+def example_scores(model: GenerativeModel, x: Tensor, batch: int = 256) -> tuple[Tensor, Tensor | None]:
     """The anomaly score per example; likelihood models (whose score is the NLL) also give bits/dim."""
     with torch.no_grad():
         if model.score_name != GenerativeModel.score_name:
@@ -120,8 +120,11 @@ def _scores(model: GenerativeModel, x: Tensor, batch: int) -> tuple[Tensor, Tens
     return -ll.values, to_discrete(ll, dims, levels, dequantized=False).bits_per_dim(dims)
 
 
-def _examples(model: GenerativeModel, data: str | Tensor, split: Split, notes: list[str]) -> Tensor:
-    """Examples of ``data`` in the model's terms (shape, levels); a clear error when they cannot be."""
+def model_examples(model: GenerativeModel, data: str | Tensor, split: Split = "all",
+                   notes: list[str] | None = None) -> Tensor:
+    """Examples of ``data`` in the model's terms (shape, levels); a clear error when they cannot be. What was
+    changed to get there is added to ``notes``."""
+    notes = [] if notes is None else notes
     if isinstance(data, Tensor):
         x = data.float()
     else:
