@@ -24,7 +24,8 @@ def search(model: Any, target: int, tries: int, constrained: bool) -> dict[str, 
     from genzoo.constrain import Grammar
     from genzoo.constrain.verify import arithmetic_equals, rejection_sample
 
-    options = {"constraint": Grammar.builtin("arith")} if constrained else {"stop": ("\n",)}
+    # the data's strings end at a newline; under a constraint the newline is allowed only once the text is complete
+    options = {"stop": ("\n",), **({"constraint": Grammar.builtin("arith")} if constrained else {})}
     start = time.perf_counter()
     report = rejection_sample(model, "", arithmetic_equals(target), tries=tries, seed=0, max_new_tokens=16,
                               temperature=1.0, **options)

@@ -34,7 +34,7 @@ def demo(
                                "trains for its calibrated quick_steps (about a minute on two quiet cores), so a busy "
                                "machine gives the same numbers, later."),
 ) -> None:
-    """Every family on the built-in digits in about 5 minutes: leaderboard, report.html, a recommendation."""
+    """Every family on the built-in digits in about 10 minutes: leaderboard, report.html, a recommendation."""
     dataset = load_dataset(DATA)
     names = models or representatives([a.model for a in advise(dataset, "quality")])
     console.print(f"demo on {DATA}: {', '.join(names)} (+ baselines)", highlight=False)
