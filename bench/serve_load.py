@@ -4,9 +4,11 @@ concurrency 1, 8 and 32, per endpoint; and the throughput gain of dynamic batchi
 The server runs as its own process (`genzoo serve`, request store on, as users run it); the client sends a fixed
 number of requests per level from that many threads, so the test is bounded in count and time. Models: a small
 `gpt` trained on tiny Shakespeare and a `made` (exact likelihood, so its scores are batched) and a `vae` on digits,
-trained here for a few seconds unless --runs names a folder holding runs of those names.
+trained here for a few seconds unless --runs names a folder holding runs of those names. ``--cascade`` adds the
+completions load sent to a cascade of the ``gpt`` with itself, its threshold calibrated to escalate half of a few
+held-out prompts (the cost of a cascade's second attempt and of its bookkeeping).
 
-    python bench/serve_load.py [--requests 64] [--levels 1,8,32] [--runs DIR]
+    python bench/serve_load.py [--requests 64] [--levels 1,8,32] [--runs DIR] [--cascade]
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ class Server:
         self.process.wait(timeout=30)
 
 
+def cascade_config(folder: Path) -> dict[str, Any]:
+    """A cascade of the gpt with itself, calibrated to escalate half of a few held-out prompts."""
+    prompts = folder / "calibration-prompts.txt"
+    prompts.write_text("ROMEO:\nJULIET:\nFirst Citizen:\nKING RICHARD III:\nHAMLET:\nMENENIUS:\n")
+    return {"name": "cascade", "calibration_prompts": str(prompts), "calibration_options": {"max_new_tokens": 32},
+            "steps": [{"model": "gpt", "signal": "mean_logprob", "target_escalation": 0.5}, {"model": "gpt"}]}
+
+
 def run_level(url: str, path: str, body: dict[str, Any], concurrency: int, requests: int) -> dict[str, Any]:
     """``requests`` POSTs from ``concurrency`` threads: throughput, latency percentiles, status counts."""
     latencies: list[float] = []
@@ -116,6 +126,7 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,32", help="concurrency levels")
     parser.add_argument("--runs", type=Path, default=None, help="folder with runs named gpt, made and vae")
     parser.add_argument("--name", default="serve_load", help="result file name in bench/results/")
+    parser.add_argument("--cascade", action="store_true", help="also load a cascade (gpt, then gpt again)")
     args = parser.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     with tempfile.TemporaryDirectory(prefix="genzoo-serve-bench-") as tmp:
@@ -130,7 +141,11 @@ def main() -> None:
                 "images": ("/v1/images/generations", {"model": "vae", "n": 4}),
                 "score": ("/v1/score", {"model": "made", "input": digits})}
         results: dict[str, Any] = {"levels": {}, "batching": {}}
-        server = Server(runs, {}, folder)
+        serve_config: dict[str, Any] = {}
+        if args.cascade:
+            work["cascade"] = ("/v1/completions", {**work["completions"][1], "model": "cascade"})
+            serve_config = {"cascades": [cascade_config(folder)]}
+        server = Server(runs, serve_config, folder)
         try:
             for name, (path, body) in work.items():
                 results["levels"][name] = [run_level(server.url, path, body, c, args.requests) for c in levels]

@@ -61,6 +61,10 @@ def _outputs(model: GenerativeModel, data: Dataset, seed: int) -> object:
         return model.sample(5, seed=seed, labels=torch.zeros(5, dtype=torch.long), **fast)
     if Capability.IMG2IMG in model.capabilities:
         return model.img2img(next(data.batches("val", 2)).x, **fast)
+    if Capability.SUPER_RESOLVE in model.capabilities:
+        return model.upscale(model.downsample(next(data.batches("val", 2)).x), seed=seed, **fast)
+    if Capability.CAPTION in model.capabilities:
+        return model.caption(next(data.batches("val", 2)).x)
     return model.generate("ab", max_new_tokens=4, seed=seed)
 
 
@@ -233,7 +237,9 @@ def _call(model: GenerativeModel, cap: Capability, x: torch.Tensor) -> object:
              Capability.DECODE: lambda: model.decode(x), Capability.RECONSTRUCT: lambda: model.reconstruct(x),
              Capability.INTERPOLATE: lambda: model.interpolate(x[0], x[1]),
              Capability.INPAINT: lambda: model.inpaint(x, x), Capability.IMG2IMG: lambda: model.img2img(x),
-             Capability.GENERATE_TEXT: lambda: model.generate("a")}
+             Capability.GENERATE_TEXT: lambda: model.generate("a"),
+             Capability.TEXT_TO_IMAGE: lambda: model.sample(1, prompt="a small red circle"),
+             Capability.CAPTION: lambda: model.caption(x), Capability.SUPER_RESOLVE: lambda: model.upscale(x)}
     return calls[cap]()
 
 

@@ -26,8 +26,9 @@ from genzoo.serve import ModelRegistry, ServeSettings, create_app
 from genzoo.serve.registry import expand_sources, source_name
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny runs, trained once per session (tests/test_serve_cascade.py imports this fixture too)."""
     folder = tmp_path_factory.mktemp("runs")
     genzoo.train("vae", "digits", steps=5, out=folder / "vae", seed=0, overrides={"latent_dim": 4}, **FAST)
     genzoo.train("dcgan", "digits", steps=3, out=folder / "dcgan", seed=0,
@@ -211,13 +212,14 @@ def test_streamed_completions_and_chats_add_up_to_the_whole_answer(client: TestC
 
 @pytest.mark.parametrize(("body", "fragment"), [
     ({"model": "vae", "prompt": "x"}, "cannot generate text"),
-    ({"model": "gpt", "prompt": "x", "logprobs": 2}, "logprobs"),
+    ({"model": "gpt", "prompt": "x", "logprobs": 21}, "logprobs"),
     ({"model": "gpt", "prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
     ({"model": "gpt", "prompt": "x", "max_tokens": 5000}, "at most 1024"),
     ({"model": "gpt", "prompt": "x", "n": 99}, "at most 16"),
     ({"model": "gpt", "prompt": "x", "stop": [""]}, "stop"),
     ({"model": "gpt", "prompt": ["a", "b"]}, "one prompt"),
     ({"model": "gpt", "prompt": "x", "temperature": -1}, "temperature"),
+    ({"model": "gpt", "prompt": "x", "timeout": 0}, "timeout"),
 ])
 def test_bad_text_requests_get_one_clear_error(client: TestClient, body: dict, fragment: str) -> None:
     assert fragment in _error(client.post("/v1/completions", json=body), 400)["message"]
@@ -408,14 +410,15 @@ BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(BROWSER is None, reason="no chromium installed (apt-get install -y chromium)")
 def test_the_playground_generates_text_and_images_in_headless_chromium(runs: Path, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    registry = ModelRegistry.from_sources([str(runs / "gpt"), str(runs / "vae")])
-    settings = ServeSettings(store=f"sqlite:///{tmp_path / 'requests.db'}")
+    registry = ModelRegistry.from_sources([str(runs / "gpt"), f"gpt-b={runs / 'gpt'}", str(runs / "vae")])
+    cascade = {"name": "duo", "steps": [{"model": "gpt", "threshold": 1e9}, {"model": "gpt-b"}]}  # always escalates
+    settings = ServeSettings(store=f"sqlite:///{tmp_path / 'requests.db'}", cascades=[cascade])
     with live_server(registry, settings) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=BROWSER, args=["--no-sandbox"])
         try:
             page = browser.new_page()
             page.goto(url + "/")
-            page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+            page.wait_for_function("document.querySelectorAll('#model option').length === 4")
             page.select_option("#model", "gpt")
             page.fill("#prompt", "the cat")
             page.fill("#max_tokens", "12")
@@ -423,12 +426,18 @@ def test_the_playground_generates_text_and_images_in_headless_chromium(runs: Pat
             page.wait_for_function("document.getElementById('status').textContent.startsWith('answered by gpt')")
             expected = registry.models["gpt"].get().generate("the cat", max_new_tokens=12, temperature=0.8, seed=0)
             assert page.inner_text("#output") == "the cat" + expected
+            page.select_option("#model", "duo")
+            assert "cascade of gpt, gpt-b" in page.inner_text("#about")
+            page.click("#generate-text")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('answered by gpt-b')")
+            assert "cascade duo: gpt ↑ → gpt-b" in page.inner_text("#status")
+            assert page.inner_text("#output") == "the cat" + expected  # gpt-b is the same run
             page.select_option("#model", "vae")
             assert page.is_visible("#image-panel") and not page.is_visible("#text-panel")
             page.fill("#n", "4")
             page.click("#generate-images")
             page.wait_for_function("document.querySelectorAll('#images img').length === 4")
-            page.wait_for_function("document.querySelectorAll('#requests tbody tr').length === 2")
+            page.wait_for_function("document.querySelectorAll('#requests tbody tr').length === 3")
             assert "images" in page.inner_text("#requests") and "completions" in page.inner_text("#requests")
             assert page.inner_text("#error") == ""
         finally:

@@ -27,11 +27,14 @@ from genzoo.data import Dataset, load_dataset
 from genzoo.editing import edit
 from genzoo.errors import ConfigError, DataError, GenzooError, NonFiniteError, RunDirError
 from genzoo.eval import compare_sets, evaluate, score
+from genzoo.export import export
 from genzoo.registry import build_model, model_class, model_names, register
+from genzoo.retrieval import Index, build_index, rag_generate
 from genzoo.runs import RunDir, load, read_config
 from genzoo.selection.advise import advise
 from genzoo.selection.arena import arena
 from genzoo.training import TrainConfig, train
+from genzoo.tuning import tune
 
 __all__ = [
     "Batch",
@@ -44,6 +47,7 @@ __all__ = [
     "Dataset",
     "GenerativeModel",
     "GenzooError",
+    "Index",
     "LogLikelihood",
     "ModelConfig",
     "NonFiniteError",
@@ -56,19 +60,23 @@ __all__ = [
     "__version__",
     "advise",
     "arena",
+    "build_index",
     "build_model",
     "compare_sets",
     "create",
     "edit",
     "evaluate",
+    "export",
     "list_models",
     "load",
     "load_dataset",
     "load_pretrained",
     "model_class",
     "model_names",
+    "rag_generate",
     "read_config",
     "register",
     "score",
     "train",
+    "tune",
 ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import StrEnum
@@ -38,9 +38,11 @@ from torch import Tensor, nn
 
 from genzoo.errors import ConfigError, GenzooError, NonFiniteError
 from genzoo.kinds import DataInfo, DataKind
+from genzoo.searchspace import Param, check_space, default_space
 
 __all__ = [
-    "CAPABILITY_METHODS", "Batch", "Capability", "Cost", "DataInfo", "DataKind", "GenerativeModel", "LogLikelihood",
+    "CAPABILITY_METHODS", "Batch", "Capability", "Cost", "DataInfo", "DataKind", "ExportModule", "ExportSpec",
+    "GenerativeModel", "LogLikelihood",
     "ModelConfig", "Optimizers", "SampleOptions", "Stage", "eval_mode", "parse_override", "validation_message",
 ]
 
@@ -61,6 +63,9 @@ class Capability(StrEnum):
     GENERATE_TEXT = "generate_text"  # prompt -> continuation
     CHAT = "chat"  # messages -> answer through a chat template
     ANOMALY_SCORE = "anomaly_score"  # x -> how unusual each example is
+    TEXT_TO_IMAGE = "text_to_image"  # samples given a text prompt (a caption)
+    CAPTION = "caption"  # images -> text describing them
+    SUPER_RESOLVE = "super_resolve"  # low-resolution images -> high-resolution ones
 
 
 #: the method of :class:`GenerativeModel` behind each capability: a model declaring the capability overrides it
@@ -78,6 +83,9 @@ CAPABILITY_METHODS: dict[Capability, str] = {
     Capability.GENERATE_TEXT: "generate",
     Capability.CHAT: "chat",
     Capability.ANOMALY_SCORE: "score",
+    Capability.TEXT_TO_IMAGE: "_sample_prompted",
+    Capability.CAPTION: "caption",
+    Capability.SUPER_RESOLVE: "upscale",
 }
 _LIKELIHOODS = frozenset({Capability.EXACT_LIKELIHOOD, Capability.LIKELIHOOD_BOUND})
 
@@ -154,6 +162,35 @@ class Stage:
     optimizers: tuple[str, ...] | None = None
     share: float = 1.0
     validation_metric: str | None = None
+
+
+class ExportModule(nn.Module):
+    """``fn`` (a method of ``model``) as a module's ``forward``: the part of a model an exporter traces. The weights
+    stay the model's (``model`` is a submodule), so a quantized model exports its quantized layers."""
+
+    def __init__(self, model: nn.Module, fn: Callable[..., Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.fn(*inputs)
+
+
+@dataclass
+class ExportSpec:
+    """What ``genzoo export`` builds from a model: ``module`` maps ``inputs`` (example tensors of the fixed shapes,
+    by name, in the order ``forward`` takes them) to one tensor named ``output``.
+
+    ``noise`` names the inputs that take standard normal noise when sampling (the exported sampler draws them from a
+    seeded generator, the same numbers as ``model.sample``); ``sampling`` says in one line how to sample with the
+    module (it goes into the artefact's sidecar for users of the file without genzoo)."""
+
+    module: nn.Module
+    inputs: dict[str, Tensor]
+    output: str
+    sampling: str
+    noise: tuple[str, ...] = ()
 
 
 class ModelConfig(BaseModel):
@@ -237,8 +274,8 @@ class Optimizers:
             self._apply(name, opt)
 
     def _apply(self, name: str, opt: torch.optim.Optimizer) -> None:
+        self.reduce_gradients([p for group in opt.param_groups for p in group["params"]])
         params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        self.reduce_gradients(params)
         if self.scaler is not None:
             self.scaler.unscale_(opt)
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else float("inf"))
@@ -251,13 +288,8 @@ class Optimizers:
             opt.step()
 
     def reduce_gradients(self, params: list[Tensor]) -> None:
-        """Average gradients over data-parallel processes (a no-op in a single process)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        world = torch.distributed.get_world_size()
-        for p in params:
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= world
+        """Average the gradients of ``params`` (some may have none) over data-parallel processes. One process has
+        nothing to average; the trainer's data-parallel handle (:mod:`genzoo.training.distributed`) overrides this."""
 
 
 class GenerativeModel(nn.Module):
@@ -303,6 +335,10 @@ class GenerativeModel(nn.Module):
     fits_whole_data: ClassVar[bool] = False
     #: what :meth:`score` returns (a column name in ``genzoo score``'s CSV)
     score_name: ClassVar[str] = "nll_nats"
+    #: what ``genzoo tune`` searches: {Config field: LogUniform | Uniform | IntRange | Choice} (see
+    #: :mod:`genzoo.searchspace`; checked against the Config when the class is defined); empty: the learning rate
+    #: within a decade of its default (:meth:`tuning_space`)
+    search_space: ClassVar[dict[str, Param]] = {}
     #: text models: ``generate`` returns what follows the prompt (True: printed after it) or a whole answer of its
     #: own (an encoder-decoder's answer, a filled-in prompt)
     continues_prompt: ClassVar[bool] = True
@@ -338,6 +374,20 @@ class GenerativeModel(nn.Module):
         if caps & _LIKELIHOODS:
             caps.add(Capability.ANOMALY_SCORE)
         return frozenset(caps)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        config = getattr(cls, "Config", None)
+        if cls.search_space and config is not None:  # a name or range the Config refuses fails at import
+            check_space(cls.search_space, config, getattr(cls, "name", cls.__name__))
+
+    @classmethod
+    def tuning_space(cls) -> dict[str, Param]:
+        """The hyperparameter search space of ``genzoo tune``: the declared :attr:`search_space`, or the
+        learning rate ``lr`` within a decade of its default (empty when the Config has no ``lr``)."""
+        space = cls.search_space or default_space(cls.Config)
+        check_space(space, cls.Config, cls.name)
+        return space
 
     @classmethod
     def from_pretrained(cls, name: str, **options: Any) -> GenerativeModel:
@@ -499,10 +549,12 @@ class GenerativeModel(nn.Module):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         labels: Tensor | None = None,
+        prompt: str | list[str] | None = None,
         **options: Any,
     ) -> Tensor:
         """Draw ``n`` samples in data units. Same seed (or generator state) -> same samples on the same CPU.
 
+        ``prompt``: what to draw (models with ``TEXT_TO_IMAGE``): one text for all ``n`` samples or one per sample.
         ``options`` are the model's :attr:`SampleOptions` (``genzoo sample RUN --help`` lists them)."""
         if n < 1:
             raise GenzooError(f"the number of samples must be at least 1, got {n}")
@@ -510,12 +562,31 @@ class GenerativeModel(nn.Module):
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
         labels = self.check_labels(labels, n)
+        prompts = self.check_prompts(prompt, n)
         with eval_mode(self), torch.set_grad_enabled(self.sampling_needs_grad):
+            if prompts is not None:
+                return self._sample_prompted(n, generator, prompts, typed)
             return self._sample(n, generator, labels, typed)
+
+    def check_prompts(self, prompt: str | list[str] | None, n: int) -> list[str] | None:
+        """One prompt per sample (a single text repeats), checked against the model's ability to follow one."""
+        if prompt is None:
+            return None
+        if Capability.TEXT_TO_IMAGE not in self.capabilities:
+            raise GenzooError(f"model '{self.name}' cannot draw from a text prompt (only a model trained on captioned "
+                              "data can, e.g. ldm or ddpm on scenes:)")
+        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != n or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise GenzooError(f"need one non-empty prompt or {n} of them, got {len(prompts)}")
+        return prompts
 
     def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, options: Any) -> Tensor:
         """Draw ``n`` samples with the validated ``options`` (an instance of :attr:`SampleOptions`)."""
         raise GenzooError(f"model '{self.name}' cannot sample")
+
+    def _sample_prompted(self, n: int, generator: torch.Generator, prompts: list[str], options: Any) -> Tensor:
+        """Draw one sample per prompt with the validated ``options`` (``TEXT_TO_IMAGE``)."""
+        raise GenzooError(f"model '{self.name}' cannot draw from a text prompt")
 
     def cost(self, **options: Any) -> Cost:
         """Network evaluations (and FLOPs, where known) per sample with these sampling options.
@@ -582,6 +653,24 @@ class GenerativeModel(nn.Module):
     def chat(self, messages: list[dict[str, str]], **generation: Any) -> str | list[str]:
         """Answer a conversation ``[{"role": "user", "content": ...}]`` through the model's chat template."""
         raise GenzooError(f"model '{self.name}' has no chat template")
+
+    def caption(self, images: Tensor, **generation: Any) -> list[str]:
+        """One caption per image of (N, C, H, W) ``images`` in [0, 1] (generation options as for ``generate``)."""
+        raise GenzooError(f"model '{self.name}' cannot caption images")
+
+    def upscale(self, x_low: Tensor, **options: Any) -> Tensor:
+        """(N, C, H, W) images at the model's data shape from (N, C, H / f, W / f) low-resolution ones in [0, 1]
+        (f = ``self.upscale_factor``, ``self.downsample(x)`` the model's degradation of high-resolution images);
+        ``options`` are the model's sampling options and ``seed``/``generator``."""
+        raise GenzooError(f"model '{self.name}' cannot upscale images")
+
+    # ----- export ---------------------------------------------------------------------------------------------
+    def export_module(self, batch: int, context: int | None = None) -> ExportSpec:
+        """The fixed-shape network that samples (a generator, a decoder, a flow's inverse, next-token logits) for
+        ``batch`` examples at a time; ``context``: the positions a token model reads (None: its longest).
+        Default: the model has no such network (``genzoo export`` says so)."""
+        raise GenzooError(f"model '{self.name}' cannot be exported: its sampler is not one fixed-shape network "
+                          "(exportable: GAN generators, VAE decoders, flows' inverses, gpt's next-token logits)")
 
     # ----- persistence hooks -----------------------------------------------------------------------------------
     def save_assets(self, directory: Path) -> None:

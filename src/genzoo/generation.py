@@ -20,6 +20,11 @@ nothing can extend) or ``"length"`` (``max_new_tokens`` ran out first: a constra
 ``GenerationResult.complete`` says). ``generate(..., return_details=True)`` returns :class:`GenerationResult` objects.
 With a constraint, a stop string ends the text only inside one token, and only where the text before it is complete.
 
+Every generated token's log-probability is kept (:class:`TokenLogprob`, in ``GenerationResult.logprobs``): under the
+model's own distribution, i.e. its raw logits before the constraint's mask and the sampling controls -- what OpenAI's
+``logprobs`` report, what a teacher-forced likelihood of the same text gives, and a confidence signal that does not
+move with the temperature (the server's cascades read it).
+
 Detokenisation is incremental (linear in the completion's length): each step decodes only the tokens since the last
 settled text, as Hugging Face streamers do, and holds back a partial UTF-8 character or the start of a stop string.
 
@@ -34,7 +39,7 @@ what ``model.sample`` accepts) and :class:`GenerationConfig` adds what ``generat
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -185,9 +190,11 @@ def _fit(mask: Tensor, size: int) -> Tensor:
     return torch.cat([mask, mask.new_zeros(size - len(mask))])
 
 
-def generate_tokens(model: Autoregressive, prompts: Tensor, cfg: GenerationConfig, generator: torch.Generator,
-                    vocab: int, processor: LogitsProcessor | None = None) -> Iterator[Tensor]:
-    """Yield the next (B,) tokens, ``cfg.max_new_tokens`` times, continuing each row of the (B, t) ``prompts``.
+def generate_steps(model: Autoregressive, prompts: Tensor, cfg: GenerationConfig, generator: torch.Generator,
+                   vocab: int, processor: LogitsProcessor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(tokens, logits)`` ``cfg.max_new_tokens`` times, continuing each row of the (B, t) ``prompts``: the
+    next (B,) tokens and the model's raw (B, V) logits they were drawn from (before the processor and the sampling
+    controls, so ``logits.log_softmax(-1)`` is the model's own next-token distribution).
 
     ``vocab`` is the number of output logits; prompt ids at or above it (a BOS token) are not penalised. The
     ``processor`` (a constraint) masks the raw logits before the sampling controls and is told each chosen token.
@@ -198,12 +205,11 @@ def generate_tokens(model: Autoregressive, prompts: Tensor, cfg: GenerationConfi
     ids = prompts
     logits, state = model.prefill(ids)
     for i in range(cfg.max_new_tokens):
-        if processor is not None:
-            logits = processor(logits)
-        token = choose(filter_logits(logits, seen, cfg), cfg, generator)
+        allowed = processor(logits) if processor is not None else logits
+        token = choose(filter_logits(allowed, seen, cfg), cfg, generator)
         if processor is not None:
             processor.advance(token)
-        yield token
+        yield token, logits
         if i + 1 == cfg.max_new_tokens:
             return
         seen[torch.arange(len(token)), token] = True
@@ -211,16 +217,55 @@ def generate_tokens(model: Autoregressive, prompts: Tensor, cfg: GenerationConfi
         logits, state = model.extend(token, state) if cfg.use_cache else model.prefill(ids)
 
 
+def generate_tokens(model: Autoregressive, prompts: Tensor, cfg: GenerationConfig, generator: torch.Generator,
+                    vocab: int, processor: LogitsProcessor | None = None) -> Iterator[Tensor]:
+    """The tokens of :func:`generate_steps` alone."""
+    for token, _ in generate_steps(model, prompts, cfg, generator, vocab, processor):
+        yield token
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token under the model's own distribution p (its raw logits: before a constraint's mask, the
+    repetition penalty, temperature and truncation, as OpenAI reports them): ``logprob`` = log p(token), the
+    ``entropy`` -sum p log p of that step, and the ``top`` most likely (token, log p), most likely first."""
+
+    token: int
+    logprob: float
+    entropy: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, top: int = 0) -> list[TokenLogprob]:
+    """Per row of the raw (B, V) ``logits``: the chosen token's log-probability, the entropy and the ``top`` best."""
+    logp = logits.float().log_softmax(-1)
+    chosen = logp.gather(-1, tokens[:, None]).squeeze(1).tolist()
+    entropy = torch.special.entr(logp.exp()).sum(-1).tolist()  # entr(0) = 0: tokens ruled out (-inf) add nothing
+    best: list[tuple[tuple[int, float], ...]] = [()] * len(chosen)
+    if top > 0:
+        values, ids = logp.topk(min(top, logp.shape[-1]), dim=-1)
+        best = [tuple(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    return [TokenLogprob(*fields) for fields in zip(tokens.tolist(), chosen, entropy, best, strict=True)]
+
+
 @dataclass
 class GenerationResult:
     """One completion with how it ended: ``finish_reason`` is ``"stop"`` (an end-of-sequence id, a stop string, or
     a constrained text nothing can extend) or ``"length"`` (``max_new_tokens`` ran out first); ``tokens`` counts
-    the generated tokens (model calls); ``complete`` says whether a constraint accepts the text (None without one)."""
+    the generated tokens (model calls); ``complete`` says whether a constraint accepts the text (None without one);
+    ``logprobs`` holds each generated token's :class:`TokenLogprob` (the end-of-sequence id included; tokens past a
+    stop string too, since they were generated)."""
 
     text: str
     finish_reason: str
     tokens: int
     complete: bool | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def mean_logprob(self) -> float:
+        """Mean log-probability per generated token (0 for an empty completion)."""
+        return sum(t.logprob for t in self.logprobs) / max(1, len(self.logprobs))
 
 
 class Completion:
@@ -236,6 +281,7 @@ class Completion:
         self.ids: list[int] = []
         self.prefix = self.read = 0  # ids[prefix:read] wrote the text already settled into `held` or emitted
         self.held = ""  # decoded text not returned yet: the start of a stop string
+        self.logprobs: list[TokenLogprob] = []  # every generated token's, the end-of-sequence id included
         self.done = False
         self.finish_reason = "length"
 
@@ -266,11 +312,12 @@ class Completion:
 
 
 def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig, outs: list[Completion] | None = None,
-               matchers: list[Matcher] | None = None) -> Iterator[list[str]]:
+               matchers: list[Matcher] | None = None, top_logprobs: int = 0) -> Iterator[list[str]]:
     """Yield, per step, the new text of each of the ``num_return_sequences`` continuations of ``prompt_ids``.
 
-    ``outs`` (one :class:`Completion` per sequence) receive the finish reasons; ``matchers`` constrain each
-    sequence (a matcher that finishes by itself ends its sequence with reason ``"stop"``).
+    ``outs`` (one :class:`Completion` per sequence) receive the finish reasons and each token's log-probability
+    (with the ``top_logprobs`` most likely tokens); ``matchers`` constrain each sequence (a matcher that finishes by
+    itself ends its sequence with reason ``"stop"``).
     """
     generator = torch.Generator().manual_seed(0 if cfg.seed is None else cfg.seed)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device).expand(cfg.num_return_sequences, -1)
@@ -278,10 +325,13 @@ def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig, outs: l
     processor = ConstraintProcessor(matchers) if matchers else None
     eos = model.eos_ids
     with eval_mode(model), torch.no_grad():
-        for tokens in generate_tokens(model, ids, cfg, generator, model.vocab_out, processor):
+        for tokens, logits in generate_steps(model, ids, cfg, generator, model.vocab_out, processor):
             pieces = []
-            for row, (out, t) in enumerate(zip(outs, tokens.tolist(), strict=True)):
-                piece = out.push(None if t in eos else t) if not out.done else ""
+            for row, (out, record) in enumerate(zip(outs, token_logprobs(logits, tokens, top_logprobs), strict=True)):
+                piece = ""
+                if not out.done:
+                    out.logprobs.append(record)
+                    piece = out.push(None if record.token in eos else record.token)
                 if matchers and matchers[row].finished and not out.done:
                     piece += out.push(None)
                 pieces.append(piece)
@@ -289,6 +339,15 @@ def stream_ids(model: Any, prompt_ids: list[int], cfg: GenerationConfig, outs: l
             if all(out.done for out in outs):
                 return
         yield [out.push(None, "length") if not out.done else "" for out in outs]
+
+
+def start_decoding(model: Any, prompt_ids: list[int], cfg: GenerationConfig, constraint: Constraint | None = None,
+                   engine: Engine = "auto", top_logprobs: int = 0) -> tuple[list[Completion], Iterator[list[str]]]:
+    """One :class:`Completion` per sequence and the steps that fill them (:func:`stream_ids`): the set-up shared by
+    ``generate`` and the server."""
+    outs = [Completion(model, cfg.stop) for _ in range(cfg.num_return_sequences)]
+    return outs, stream_ids(model, prompt_ids, cfg, outs, model.constraint_matchers(constraint, cfg, engine),
+                            top_logprobs)
 
 
 class TextGenerationMixin:
@@ -307,7 +366,8 @@ class TextGenerationMixin:
         ``seed`` for different completions. ``constraint`` (``Choice``, ``Regex``, ``Grammar``, ``JsonSchema`` from
         :mod:`genzoo.constrain`) restricts the completion to its language; ``engine`` picks the constraint engine
         (``auto``, ``reference``, ``fast``). ``return_details=True`` returns :class:`GenerationResult` objects (text,
-        finish reason, tokens, whether the constraint accepts the text) instead of strings.
+        finish reason, tokens, whether the constraint accepts the text, each token's log-probability) instead of
+        strings.
         """
         return self.generate_from_ids(self.prompt_ids(prompt), constraint=constraint, engine=engine,
                                       return_details=return_details, **options)
@@ -320,14 +380,13 @@ class TextGenerationMixin:
                 raise ConfigError("beam search (num_beams > 1) does not take a constraint or return_details; "
                                   "sample instead (num_beams=1)")
             return beam_texts(self, prompt_ids, cfg)
-        outs = [Completion(self, cfg.stop) for _ in range(cfg.num_return_sequences)]
-        matchers = self.constraint_matchers(constraint, cfg, engine)
+        outs, steps = start_decoding(self, prompt_ids, cfg, constraint, engine)
         texts = [""] * cfg.num_return_sequences
-        for pieces in stream_ids(self, prompt_ids, cfg, outs, matchers):
+        for pieces in steps:
             texts = [t + p for t, p in zip(texts, pieces, strict=True)]
         if return_details:
             results = [GenerationResult(text, out.finish_reason, len(out.ids),
-                                        None if constraint is None else constraint.matches(text))
+                                        None if constraint is None else constraint.matches(text), out.logprobs)
                        for text, out in zip(texts, outs, strict=True)]
             return results if cfg.num_return_sequences > 1 else results[0]
         return texts if cfg.num_return_sequences > 1 else texts[0]

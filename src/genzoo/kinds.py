@@ -98,6 +98,12 @@ class Previewable(Protocol):
 
     def img2img(self, x: Tensor, **options: Any) -> Tensor: ...
 
+    def upscale(self, x_low: Tensor, **options: Any) -> Tensor: ...
+
+    def downsample(self, x: Tensor) -> Tensor: ...
+
+    def caption(self, images: Tensor, **options: Any) -> list[str]: ...
+
 
 class KindHandler:
     """Conversions of one data kind. ``stats`` are the tensors of :meth:`buffers`, kept on the model's device."""
@@ -152,13 +158,20 @@ class ImageHandler(KindHandler):
         return info.dims * math.log(2.0)
 
     def preview(self, model: Previewable, reference: Tensor | None, path: Path) -> Path:
-        if "sample" not in model.capabilities and "img2img" in model.capabilities and reference is not None:
-            # a translator has no sampler: rows of held-out inputs, each above a row of their translations
+        caps = model.capabilities
+        if "sample" not in caps and reference is not None:
+            if "caption" in caps:  # a captioner: the captions of held-out images, one per line
+                atomic_write_text(path.with_suffix(".txt"), "\n".join(model.caption(reference[:16])) + "\n")
+                return path.with_suffix(".txt")
+            # a translator or super-resolver has no sampler: rows of held-out inputs, each above a row of what the
+            # model makes of them (translations; upscalings of their low-resolution versions)
             row = min(8, len(reference))
             inputs = reference[: min(32, len(reference)) // row * row]
-            rows = [t.unflatten(0, (-1, row)) for t in (inputs, model.img2img(inputs).cpu())]
-            save_image_grid(path, torch.stack(rows, 1).flatten(0, 2), nrow=row)
-            return path
+            if "img2img" in caps or "super_resolve" in caps:
+                made = model.img2img(inputs) if "img2img" in caps else model.upscale(model.downsample(inputs))
+                rows = [t.unflatten(0, (-1, row)) for t in (inputs, made.cpu())]
+                save_image_grid(path, torch.stack(rows, 1).flatten(0, 2), nrow=row)
+                return path
         samples = model.sample(64, generator=torch.Generator().manual_seed(PREVIEW_SEED)).cpu()
         save_image_grid(path, samples, nrow=8)
         return path

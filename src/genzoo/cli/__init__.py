@@ -7,15 +7,19 @@ import sys
 from genzoo.cli import (  # noqa: F401  (modules register commands)
     advise,
     arena,
+    data,
     demo,
     edit,
     eval,
+    export,
+    index,
     info,
     list_models,
     sample,
     score,
     serve,
     train,
+    tune,
 )
 from genzoo.cli.app import app, err_console
 from genzoo.errors import GenzooError

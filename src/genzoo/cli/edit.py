@@ -1,4 +1,5 @@
-"""`genzoo edit RUN --image in.png --mask mask.png --out out.png`: inpainting, outpainting and image-to-image.
+"""`genzoo edit RUN --image in.png --mask mask.png --out out.png`: inpainting, outpainting and image-to-image;
+`genzoo edit RUN --image small.png --upscale 4 --out big.png`: super-resolution.
 
 The model's sampling options (``--sampler``, ``--steps``, ``--guidance`` ...) are flags generated from its
 ``SampleOptions`` (:mod:`genzoo.cli.options`); the editing flags written here are the command's own.
@@ -7,13 +8,16 @@ The model's sampling options (``--sampler``, ``--steps``, ``--guidance`` ...) ar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+import torch.nn.functional as F
 import typer
 
 from genzoo.cli.app import app, console
 from genzoo.cli.options import ModelOptionsCommand, model_options
+from genzoo.contract import Capability
 from genzoo.editing import edit as edit_image
+from genzoo.editing import read_image
 from genzoo.errors import GenzooError
 from genzoo.io import save_png
 from genzoo.runs import load
@@ -38,17 +42,44 @@ def edit(
     resample: int = typer.Option(None, "--resample", min=1, help="Inpainting: RePaint resampling rounds per step."),
     label: int = typer.Option(None, "--class", help="Class label (class-conditional models)."),
     checkpoint: Literal["best", "last"] = typer.Option("best", "--checkpoint", help="best (by validation) or last."),
+    upscale: int = typer.Option(None, "--upscale", min=2, help="Super-resolution models (sr3): upscale --image by "
+                                "this factor, the model's (the image is resized to the model's low resolution)."),
 ) -> None:
-    """Inpaint/outpaint the white region of a mask, or translate an image (SDEdit) with --strength.
+    """Inpaint/outpaint the white region of a mask, translate an image (SDEdit) with --strength, or upscale it
+    with --upscale (super-resolution models).
 
     The model's own sampling options (sampler, steps, guidance ...): genzoo edit RUN --help lists RUN's.
     """
     if out.suffix.lower() != ".png":
         raise GenzooError(f"--out must be a .png file, got '{out}'")
+    if upscale is not None and (mask is not None or strength is not None):
+        raise GenzooError("--upscale super-resolves the whole image: leave out --mask and --strength")
     options = model_options()  # validated while parsing, before this load
     options.update({k: v for k, v in {"resample": resample, "labels": label}.items() if v is not None})
     model = load(run, checkpoint=checkpoint)
+    if upscale is not None:
+        _upscale(model, image, out, upscale, seed, options)
+        return
     result = edit_image(model, image, mask, strength=strength, seed=seed, **options)
     save_png(out, (result[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"))
     what = "inpainted" if mask is not None else "image-to-image" + (f" (strength {strength})" if strength else "")
     console.print(f"{what} -> [bold]{out}[/] ({result.shape[-1]}x{result.shape[-2]})")
+
+
+def _upscale(model: Any, image: Path, out: Path, factor: int, seed: int, options: dict[str, Any]) -> None:
+    """Super-resolve ``image`` (resized to the model's low resolution when it is not) by ``factor``."""
+    model.require(Capability.SUPER_RESOLVE)
+    if set(options) & {"resample", "labels"}:
+        raise GenzooError("--upscale takes no --resample or --class")
+    channels, height, width = model.data.shape
+    if factor != model.upscale_factor:
+        raise GenzooError(f"this {model.name} run upscales by {model.upscale_factor} ({width // model.upscale_factor}"
+                          f"x{height // model.upscale_factor} -> {width}x{height}), not by {factor}")
+    low = read_image(image, channels)[None]
+    size = (height // factor, width // factor)
+    if tuple(low.shape[-2:]) != size:
+        console.print(f"resizing {image} from {low.shape[-1]}x{low.shape[-2]} to the model's {size[1]}x{size[0]}")
+        low = F.interpolate(low, size=size, mode="area")
+    result = model.upscale(low, seed=seed, **options)
+    save_png(out, (result[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8"))
+    console.print(f"upscaled x{factor} -> [bold]{out}[/] ({width}x{height})")

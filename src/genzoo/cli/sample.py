@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 import typer
 
 from genzoo.cli.app import app, console
@@ -47,7 +48,8 @@ def sample(
     label: int = typer.Option(None, "--class", help="Class label to sample (class-conditional models)."),
     opts: list[str] = typer.Option([], "--opt", help="Any sampling option of the model as key=value (the value "
                                    "read as JSON when it is JSON), e.g. one whose name a flag here already uses."),
-    prompt: str = typer.Option(None, "--prompt", help="Text models: the prompt to continue."),
+    prompt: str = typer.Option(None, "--prompt", help="Text models: the prompt to continue. Text-to-image models: "
+                                                      "what to draw ('a small red circle above a large blue square')."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", min=0, help="Text: tokens to generate."),
     stop: list[str] = typer.Option([], "--stop", help="Text: stop string (repeatable); \\n, \\t and \\\\ "
                                                       "mean newline, tab, backslash: --stop '\\n\\n'."),
@@ -69,6 +71,11 @@ def sample(
     verify: str = typer.Option(None, "--verify", help="Text: draw until a verifier accepts: arith:TARGET (the "
                                                       "expression equals TARGET), python, or z3:'x+y==10;x>y'."),
     tries: int = typer.Option(16, "--tries", min=1, help="Text: most completions --verify draws."),
+    rag: Path = typer.Option(None, "--rag", help="Text: answer --prompt from the chunks this index retrieves "
+                                                 "(genzoo index build), citing them as [n]."),
+    rag_k: int = typer.Option(3, "-k", "--rag-k", min=1, help="Text: chunks --rag retrieves."),
+    image: Path = typer.Option(None, "--image", help="Captioners: print the caption of this image (resized to the "
+                                                     "model's size)."),
 ) -> None:
     """Sample from a trained run (best checkpoint, EMA weights when kept) or a pretrained LM.
 
@@ -78,11 +85,22 @@ def sample(
         raise GenzooError("name a run directory (genzoo sample RUN) or a pretrained model (--model hf:NAME)")
     options = model_options()  # validated while parsing: a bad value has already failed, before this load
     model = load(run or pretrained, checkpoint=checkpoint, ema=not no_ema)
+    if image is not None:
+        print_caption(model, image, seed, {**options, **({"num_beams": num_beams} if num_beams > 1 else {})})
+        return
     if Capability.GENERATE_TEXT in model.capabilities:
         from genzoo.cli.text import constraint_from_flags, sample_text, verify_text
 
         constraint = constraint_from_flags(regex=regex, grammar=grammar, json_schema=json_schema, choice=choice)
         text_options = {"max_new_tokens": max_new_tokens, "stop": [unescape(s) for s in stop] or None, **options}
+        if rag is not None:
+            from genzoo.cli.index import rag_answer
+
+            if stream or chat or verify or constraint or num_return_sequences > 1:
+                raise GenzooError("--rag writes one cited answer: leave out --stream, --chat, --verify, constraints "
+                                  "and --num-return-sequences")
+            rag_answer(model, rag, prompt or "", k=rag_k, seed=seed, num_beams=num_beams, **text_options)
+            return
         if verify is not None:
             verify_text(model, prompt=prompt or "", seed=seed, spec=verify, tries=tries, constraint=constraint,
                         engine=engine, **text_options)
@@ -93,12 +111,25 @@ def sample(
         return
     if out is None and run is None:
         raise GenzooError("a pretrained model that does not make text needs --out FILE")
-    samples = model.sample(n, seed=seed, labels=None if label is None else torch.tensor([label]), **options)
+    samples = model.sample(n, seed=seed, labels=None if label is None else torch.tensor([label]), prompt=prompt,
+                           **options)
     check_finite(model, samples)
     target = model.data.handler.save(out or RunDir(run).samples_dir / f"sample-seed{seed}.png", samples)
     where = model.provenance
     console.print(f"{n} samples -> [bold]{target}[/] (checkpoint {where['checkpoint']}, step {where['step']}, "
                   f"{where['weights']} weights)")
+
+
+def print_caption(model: GenerativeModel, image: Path, seed: int, options: dict[str, Any]) -> None:
+    """Print the model's caption of ``image`` (read at the model's number of channels, resized to its size)."""
+    from genzoo.editing import read_image
+
+    model.require(Capability.CAPTION)
+    channels, height, width = model.data.shape
+    pixels = read_image(image, channels)[None]
+    if tuple(pixels.shape[-2:]) != (height, width):
+        pixels = F.interpolate(pixels, size=(height, width), mode="area")
+    typer.echo(model.caption(pixels, seed=seed, **options)[0])
 
 
 def check_finite(model: GenerativeModel, samples: Any) -> None:

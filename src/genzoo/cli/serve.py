@@ -1,5 +1,6 @@
 """`genzoo serve RUN_OR_DIR...`: one HTTP server for the given runs and pretrained models (uvicorn + FastAPI);
-`genzoo serve-key NAME` makes an API key; `genzoo requests export` writes the request store as JSON lines."""
+`genzoo serve-key NAME` makes an API key; `genzoo serve-calibrate` prints the calibrated thresholds of a config's
+cascades; `genzoo requests export` writes the request store as JSON lines."""
 
 from __future__ import annotations
 
@@ -57,6 +58,9 @@ def serve(
     no_store: bool = typer.Option(False, "--no-store", help="Keep no record of requests."),
     eager: bool = typer.Option(False, "--eager", help="Load every model at start-up instead of on first use."),
     files_dir: Path = typer.Option(None, "--files-dir", help="Where images returned as URLs are kept."),
+    timeout: float = typer.Option(None, "--timeout", min=0.001, help="Seconds a request may take before it is "
+                                                                     "stopped with a 504 [default: 300, or the "
+                                                                     "config's request_timeout]."),
 ) -> None:
     """Serve models over HTTP: OpenAI-compatible text, image generation and edits, scoring, /health, /metrics."""
     import uvicorn
@@ -69,6 +73,8 @@ def serve(
     raw["store"] = None if no_store else store or raw.get("store") or DEFAULT_STORE
     if files_dir is not None:
         raw["files_dir"] = files_dir
+    if timeout is not None:
+        raw["request_timeout"] = timeout
     settings = ServeSettings(**raw)
     if not is_loopback(host) and not settings.api_keys:
         raise ConfigError(f"binding to {host} exposes the models beyond this machine: configure api_keys in --config "
@@ -79,6 +85,29 @@ def serve(
     console.print(f"serving {', '.join(registry.models)} on http://{host}:{port} (store: {settings.store or 'none'})",
                   highlight=False)
     uvicorn.run(create_app(registry, settings), host=host, port=port, log_level="warning")
+
+
+@app.command("serve-calibrate")
+def serve_calibrate(
+    config: Path = typer.Argument(..., help="The serve.yaml whose cascades to calibrate (its models and cascades)."),
+    sources: list[str] = typer.Argument(None, help="More sources, as for genzoo serve."),
+) -> None:
+    """Calibrate each cascade step given a target_escalation and print the thresholds, to pin them in the config."""
+    from genzoo.serve import ModelRegistry, ServeSettings
+    from genzoo.serve.registry import expand_sources
+
+    raw = read_config(config)
+    registry = ModelRegistry.from_sources(expand_sources([*(raw.pop("models", []) or []), *(sources or [])]))
+    settings = ServeSettings(**{k: v for k, v in raw.items() if k == "cascades"})
+    if not settings.cascades:
+        raise ConfigError(f"{config}: no cascades to calibrate")
+    for cascade_config in settings.cascades:
+        cascade = registry.add_cascade(cascade_config)
+        for step, threshold in zip(cascade_config.steps, cascade.thresholds(registry), strict=True):
+            if threshold is not None:
+                how = f"calibrated to target_escalation {step.target_escalation}" if step.target_escalation else "given"
+                console.print(f"{cascade.name}: {step.model} {step.signal} threshold: {threshold:.6g} ({how})",
+                              highlight=False)
 
 
 @app.command("serve-key")

@@ -1,4 +1,5 @@
-"""`genzoo train MODEL --data SPEC ...` (and `genzoo train --out RUN --resume`)."""
+"""`genzoo train MODEL --data SPEC ...` (and `genzoo train --out RUN --resume`); data-parallel with
+`--nproc N` or under `torchrun --nproc-per-node N -m genzoo train ...`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from genzoo.contract import parse_override
 from genzoo.errors import ConfigError
 from genzoo.runs import RunDir
 from genzoo.training import train as train_run
+from genzoo.training.distributed import is_main_process
 
 
 @app.command()
@@ -32,16 +34,23 @@ def train(
     init: str = typer.Option(None, "--init", help="Start from a trained run directory or hf:NAME (fine-tuning)."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters only (gpt, hf); --set lora_rank=N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel processes on this machine (like torchrun "
+                                                        "--nproc-per-node N); --set batch_size is the global batch."),
+    tracker: str = typer.Option(None, "--tracker", help="Also log to an experiment tracker: mlflow (store: "
+                                                        "MLFLOW_TRACKING_URI or --set tracking_uri=...)."),
 ) -> None:
     """Train MODEL on your data; writes a run directory (config, weights, metrics, samples)."""
     if resume and (init or lora):
         raise ConfigError("--init and --lora start a new run; --resume continues one as it was started")
     if not resume and (model is None or not data):
         raise ConfigError("give a model and --data (e.g. genzoo train vae --data digits); see `genzoo train --help`")
-    options = {k: v for k, v in {"device": device, "precision": precision}.items() if v is not None}
+    options = {k: v for k, v in {"device": device, "precision": precision, "tracker": tracker}.items()
+               if v is not None}
     run = train_run(model, data, steps=steps, budget=budget, out=out, seed=seed,
                     overrides=dict(parse_override(item) for item in sets), resume=resume, image_size=image_size,
-                    init=init, lora=lora, data_b=data_b, progress=not quiet, **options)
+                    init=init, lora=lora, data_b=data_b, progress=not quiet, nproc=nproc, **options)
+    if not is_main_process():  # under torchrun, process 0 reports
+        return
     config = RunDir(run).config
     data_text = config["data"].get("spec_text") or config["data"]["spec"]
     console.print(f"run saved to [bold]{run}[/] ({config['model']} on {data_text})")

@@ -33,28 +33,39 @@ from genzoo.tokenizer import BPE_MIN_VOCAB, is_named_tokenizer
 TEXT_OPTIONS = ("context", "tokenizer", "vocab_size", "field")
 #: the options of image data, as written after ``#`` (a bare word sets a yes/no option: ``digits#binarize``)
 IMAGE_OPTIONS = ("binarize",)
-_INTEGERS = ("image_size", "context", "vocab_size")
+#: options every loader accepts after ``#`` (``digits#dedup``, ``text:a.txt#dedup=true``)
+ANY_OPTIONS = ("dedup",)
+_INTEGERS = ("image_size", "context", "vocab_size", "n")
+#: what ``Batch.cond`` holds for captioned images (``scenes:``, ``captions:``)
+CAPTION_FORMS = ("embedding", "tokens", "none")
 
 
 class DataOptions(BaseModel):
     """Options that apply to some loaders, typed and checked (every problem is a :class:`DataError` naming it).
 
     ``image_size`` resizes images to a square of that side (``--image-size``); ``binarize`` (``digits#binarize``)
-    thresholds images at 1/2. The others are text options, written after ``#`` in a ``text:``/``jsonl:`` spec:
+    thresholds images at 1/2; ``dedup`` (``digits#dedup``, any data) removes duplicate examples before training
+    (:mod:`genzoo.data.hygiene`). The others are text options, written after ``#`` in a ``text:``/``jsonl:`` spec:
     ``context``, ``tokenizer``, ``vocab_size`` and ``field``. ``input`` and ``target`` name the JSON fields of a
-    ``pairs:FILE.jsonl`` spec (source and target text).
+    ``pairs:FILE.jsonl`` spec (source and target text). ``n`` is how many ``scenes:`` to draw; ``caption`` what a
+    captioned dataset (``scenes:``, ``captions:``) puts in ``Batch.cond`` (see :mod:`genzoo.data.captions`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     image_size: int | None = Field(None, description="resize images to a square of this side (--image-size)")
     binarize: bool = Field(False, description="images: threshold at 1/2, giving binary data (2 levels)")
+    dedup: bool = Field(False, description="any data: drop exact and near-duplicate examples (those `genzoo data "
+                        "check` counts) before training; each kept example stays in its split")
     context: int = Field(64, description="text: tokens in one example, the model's context (at least 2)")
     tokenizer: str = Field("char", description="text: char, bpe, byte, hf:NAME, or a tokenizer.json / run to reuse")
     vocab_size: int = Field(512, description=f"text: tokens of tokenizer=bpe (at least {BPE_MIN_VOCAB}, the bytes)")
     field: str = Field("text", description="jsonl: the JSON field holding the text")
     input: str = Field("input", description="pairs: the JSON field holding the source text")
     target: str = Field("target", description="pairs: the JSON field holding the target text")
+    n: int | None = Field(None, description="scenes: how many scenes to draw (default 5000), cut 80/10/10")
+    caption: str = Field("embedding", description="captioned images: Batch.cond is the caption's 'embedding' "
+                         "(sentence encoder, [n, 384] float), its word 'tokens' ([n, L] ids, padded) or 'none'")
 
     @model_validator(mode="before")
     @classmethod
@@ -75,13 +86,20 @@ class DataOptions(BaseModel):
         except ValueError:
             raise DataError(f"{_option_name(info.field_name)} must be an integer, got '{value}'") from None
 
-    @field_validator("binarize", mode="before")
+    @field_validator("binarize", "dedup", mode="before")
     @classmethod
     def _yes_no(cls, value: Any, info: Any) -> Any:
         text = str(value).strip().lower()
         if isinstance(value, bool) or text in ("true", "1", "yes", "false", "0", "no"):
             return value if isinstance(value, bool) else text in ("true", "1", "yes")
         raise DataError(f"{_option_name(info.field_name)} must be true or false, got '{value}'")
+
+    @field_validator("caption", mode="before")
+    @classmethod
+    def _caption_form(cls, value: Any) -> Any:
+        if value not in CAPTION_FORMS:
+            raise DataError(f"data option caption must be one of {', '.join(CAPTION_FORMS)}, got '{value}'")
+        return value
 
     @model_validator(mode="after")
     def _ranges(self) -> DataOptions:
@@ -92,6 +110,8 @@ class DataOptions(BaseModel):
         if self.tokenizer == "bpe" and self.vocab_size < BPE_MIN_VOCAB:
             raise DataError(f"{_option_name('vocab_size')} must be at least {BPE_MIN_VOCAB} for tokenizer=bpe, got "
                             f"{self.vocab_size} (byte-level BPE starts from one token per byte)")
+        if self.n is not None and self.n < 3:
+            raise DataError(f"data option n must be at least 3 (train/validation/test), got {self.n}")
         if not self.tokenizer:
             raise DataError(f"{_option_name('tokenizer')} is empty (use char, bpe, byte, hf:NAME or a path)")
         return self
@@ -193,19 +213,20 @@ def parse_fragment(fragment: str, prefix: str, spec: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in fragment.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip()
-        if not entry.options:
+        accepted = (*entry.options, *ANY_OPTIONS)
+        if not entry.options and key not in ANY_OPTIONS:
             raise DataError(f"data spec '{spec}': {prefix} data takes no #options (got '{key}'); options after # "
                             "are for text data (text:FILE#context=64,tokenizer=bpe) and images (digits#binarize)")
-        known = ", ".join(entry.options)
+        known = ", ".join(accepted)
         what = "text spec option" if set(entry.options) & set(TEXT_OPTIONS) else "data spec option"
         if not sep:
-            if key in entry.options and DataOptions.model_fields[key].annotation is bool:
+            if key in accepted and DataOptions.model_fields[key].annotation is bool:
                 value = "true"
             elif entry.bare is None:
                 raise DataError(f"{what} '{item}' is not key=value (known keys: {known})")
             else:
                 key, value = entry.bare, item
-        if key not in entry.options:
+        if key not in accepted:
             raise DataError(f"unknown {what} '{key}' (known: {known})")
         values[key] = value.strip()
     return values
@@ -232,6 +253,10 @@ def load_dataset(spec: str, image_size: int | None = None, options: DataOptions 
     dataset = _LOADERS[prefix].load(arg, typed)
     if typed.binarize:
         dataset = _binarized(dataset, spec)
+    if typed.dedup:
+        from genzoo.data.hygiene import deduplicated  # imported here: it imports loader modules that import this one
+
+        dataset = deduplicated(dataset)
     return _with_spec(dataset, spec, typed.image_size)
 
 

@@ -22,6 +22,7 @@ from genzoo._version import __version__
 from genzoo.contract import Batch, Capability, DataKind, GenerativeModel, LogLikelihood
 from genzoo.data import pair_datasets
 from genzoo.data.base import Dataset
+from genzoo.data.hygiene import leak_report
 from genzoo.data.specs import DataOptions, load_dataset
 from genzoo.errors import GenzooError
 from genzoo.eval.features import feature_space
@@ -55,7 +56,9 @@ def _resolve(run_or_model: str | Path | GenerativeModel, data: str | Dataset | N
         if not spec:
             raise GenzooError(f"'{model.name}' does not record the data it was trained on: name the data to score "
                               "it on (data='text:FILE', --data on the command line)")
-        options = _with_model_tokenizer(model, run) if model.data.kind is DataKind.TOKENS else None
+        wanted = type(model).data_options(model.config)  # e.g. a captioner's captions as tokens, as in training
+        options = (_with_model_tokenizer(model, run) if model.data.kind is DataKind.TOKENS
+                   else DataOptions(**wanted) if wanted else None)
         image_size = (config or {}).get("data", {}).get("image_size")
         dataset = load_dataset(spec, image_size=image_size, options=options)
         spec_b = ((config or {}).get("data", {}).get("data_b") or {}).get("spec")
@@ -238,6 +241,7 @@ def _evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None, seed
     if task:
         rows["model"]["task"] = task
     warning = reference_warning(min(n, len(held)), n) if scored else None
+    leak = leak_report(dataset)  # test examples that repeat training ones inflate every test metric
 
     result: dict[str, Any] = {
         "genzoo_version": __version__,
@@ -245,13 +249,14 @@ def _evaluate(run_or_model: str | Path | GenerativeModel, *, n: int | None, seed
         "model": model.name,
         "family": model.family,
         "checkpoint": model.provenance,
-        "data": {"spec": info.spec, "kind": info.kind.value, "shape": list(info.shape), "levels": info.levels},
+        "data": {"spec": info.spec, "kind": info.kind.value, "shape": list(info.shape), "levels": info.levels,
+                 "leak": leak.to_json()},
         "protocol": {**protocol.to_json(), "n": n, "seed": seed, "sample_options": options,
                      "n_real": min(len(train), protocol.n_real_max), "n_heldout": len(held),
                      "n_test": min(len(test), protocol.likelihood_max),
                      "feature_space": None if space is None else space.describe()},
         "rows": rows,
-        "warnings": [warning] if warning else [],
+        "warnings": [w for w in (warning, leak.warning()) if w],
         "seconds": round(time.perf_counter() - started, 2),
     }
     folder = Path(out) if out is not None else run

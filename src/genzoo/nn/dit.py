@@ -4,9 +4,10 @@
 
 * patch embedding: the (C, H, W) image is cut into (H/p)(W/p) patches of p x p pixels, each a token
   W_e vec(patch) + pos, with fixed 2-D sine-cosine positions;
-* the step t and the optional class label y give one conditioning vector c per example (the U-Net's
-  :class:`~genzoo.nn.unet.Conditioning`: MLP(sinusoid(t)) + Embedding(y), the label ``num_classes`` meaning "no
-  label", for classifier-free guidance);
+* the step t, the optional class label y and the optional condition vector (a caption embedding) give one
+  conditioning vector c per example (the U-Net's :class:`~genzoo.nn.unet.Conditioning`: MLP(sinusoid(t)) +
+  Embedding(y) + MLP(vector), the label ``num_classes`` and the zero vector meaning "none", for classifier-free
+  guidance);
 * ``depth`` transformer blocks with adaLN-zero conditioning: (shift, scale, gate) for attention and for the MLP
   are a linear function of SiLU(c), and
       h <- h + gate_a * Attn(LN(h) (1 + scale_a) + shift_a),   h <- h + gate_m * MLP(LN(h) (1 + scale_m) + shift_m);
@@ -88,10 +89,11 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """(B, C, H, W) x_t, (B,) steps, (B,) labels -> (B, C, H, W); ``patch`` must divide H and W."""
+    """(B, C, H, W) x_t, (B,) steps, (B,) labels, (B, cond_dim) conditions -> (B, C, H, W); ``patch`` must divide
+    H and W."""
 
     def __init__(self, shape: tuple[int, ...], patch: int = 2, width: int = 96, depth: int = 4, heads: int = 4,
-                 mlp_ratio: int = 4, num_classes: int | None = None) -> None:
+                 mlp_ratio: int = 4, num_classes: int | None = None, cond_dim: int | None = None) -> None:
         super().__init__()
         channels, height, wide = shape
         if height % patch or wide % patch:
@@ -101,14 +103,14 @@ class DiT(nn.Module):
         self.patch, self.grid = patch, (height // patch, wide // patch)
         self.embed = nn.Conv2d(channels, width, patch, stride=patch)  # one linear map per patch
         self.register_buffer("pos", sincos_positions(*self.grid, width), persistent=False)
-        self.cond = Conditioning(width, width, num_classes)
+        self.cond = Conditioning(width, width, num_classes, cond_dim)
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Sequential(nn.SiLU(), _zero_linear(width, 2 * width))
         self.head = _zero_linear(width, patch * patch * channels)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        c = self.cond(t, y)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, vector: Tensor | None = None) -> Tensor:
+        c = self.cond(t, y, vector)
         h = self.embed(x).flatten(2).transpose(1, 2) + self.pos  # (B, tokens, width), tokens row by row
         for block in self.blocks:
             h = block(h, c)

@@ -65,7 +65,7 @@ class Block(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         # a single new query attends to every cached key: no mask needed then
-        causal = self.causal and past is None and t > 1
+        causal = self.causal and past is None and bool(t > 1)  # bool(): t is a tensor when traced for export
         dropout = self.dropout if self.training else 0.0
         if h.device.type == "cpu":  # the CPU flash-attention backward is ~4x slower in bf16: attend in fp32
             with torch.autocast("cpu", enabled=False):

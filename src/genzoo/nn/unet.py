@@ -1,9 +1,10 @@
 """Time-conditioned denoising networks: a U-Net for images and a residual MLP for vectors.
 
-Both map (x_t, t, y) to a tensor shaped like x_t. The step t enters through a sinusoidal embedding followed by
+Both map (x_t, t, y, c) to a tensor shaped like x_t. The step t enters through a sinusoidal embedding followed by
 an MLP; an optional class label y through a learned embedding with one extra "null" class (index
-``num_classes``), which classifier-free guidance uses for the unconditional prediction. The embedding is added
-to every residual block.
+``num_classes``), which classifier-free guidance uses for the unconditional prediction; an optional conditioning
+vector c (a caption's sentence embedding, ``cond_dim`` wide) through an MLP, the zero vector meaning "no
+condition" (embeddings are unit length, never zero). Their sum is added to every residual block (adaLN).
 
 The U-Net (Ronneberger et al., 2015, in the form of Ho et al., 2020) has one level per entry of
 ``channel_mult``, capped by how often the image can be halved (both sides even and >= 4 after halving: 8x8 has
@@ -48,20 +49,25 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class Conditioning(nn.Module):
-    """(t, y) -> one embedding vector per example: MLP(sinusoid(t)) + Embedding(y)."""
+    """(t, y, c) -> one embedding vector per example: MLP(sinusoid(t)) + Embedding(y) + MLP(c)."""
 
-    def __init__(self, width: int, dim: int, num_classes: int | None) -> None:
+    def __init__(self, width: int, dim: int, num_classes: int | None, cond_dim: int | None = None) -> None:
         super().__init__()
         self.width = width
         self.time = nn.Sequential(nn.Linear(width, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.label = nn.Embedding(num_classes + 1, dim) if num_classes else None
+        self.vector = nn.Sequential(nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim)) if cond_dim else None
 
-    def forward(self, t: Tensor, y: Tensor | None) -> Tensor:
+    def forward(self, t: Tensor, y: Tensor | None, c: Tensor | None = None) -> Tensor:
         emb = self.time(timestep_embedding(t, self.width))
         if self.label is not None:
             if y is None:
                 raise ValueError("this network is class-conditional: pass labels (num_classes means 'no label')")
             emb = emb + self.label(y)
+        if self.vector is not None:
+            if c is None:
+                raise ValueError("this network is vector-conditional: pass c (zeros mean 'no condition')")
+            emb = emb + self.vector(c)
         return emb
 
 
@@ -112,18 +118,19 @@ class Stage(nn.Module):
 
 
 class UNet(nn.Module):
-    """(B, C, H, W) x_t, (B,) steps, (B,) labels -> (B, C, H, W)."""
+    """(B, in_channels, H, W) x_t (with any conditioning images stacked on it), (B,) steps, (B,) labels,
+    (B, cond_dim) conditions -> (B, C, H, W)."""
 
     def __init__(self, shape: tuple[int, ...], width: int = 64, channel_mult: tuple[int, ...] = (1, 2, 2),
                  num_res_blocks: int = 2, attention_below: int = 16, dropout: float = 0.0,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, cond_dim: int | None = None, in_channels: int | None = None) -> None:
         super().__init__()
         channels, height, wide = shape
         levels = min(resolution_levels(height, wide), len(channel_mult) - 1) + 1
         widths = [width * m for m in channel_mult[:levels]]
         emb_dim = 4 * width
-        self.cond = Conditioning(width, emb_dim, num_classes)
-        self.stem = nn.Conv2d(channels, width, 3, padding=1)
+        self.cond = Conditioning(width, emb_dim, num_classes, cond_dim)
+        self.stem = nn.Conv2d(in_channels or channels, width, 3, padding=1)
 
         def attend(level: int) -> bool:
             return max(height, wide) >> level <= attention_below
@@ -154,8 +161,8 @@ class UNet(nn.Module):
                 self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
         self.head = nn.Sequential(_group_norm(c), nn.SiLU(), _zero(nn.Conv2d(c, channels, 3, padding=1)))
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        emb = self.cond(t, y)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, c: Tensor | None = None) -> Tensor:
+        emb = self.cond(t, y, c)
         h = self.stem(x)
         saved = [h]
         for level, blocks in enumerate(self.down):
@@ -176,11 +183,13 @@ class UNet(nn.Module):
 
 
 class ResidualMLP(nn.Module):
-    """(B, D) x_t, (B,) steps, (B,) labels -> (B, D): ``depth`` blocks h += W2 SiLU(W1 LN(h) + emb)."""
+    """(B, D) x_t, (B,) steps, (B,) labels, (B, cond_dim) conditions -> (B, D): ``depth`` blocks
+    h += W2 SiLU(W1 LN(h) + emb)."""
 
-    def __init__(self, dims: int, width: int = 256, depth: int = 3, num_classes: int | None = None) -> None:
+    def __init__(self, dims: int, width: int = 256, depth: int = 3, num_classes: int | None = None,
+                 cond_dim: int | None = None) -> None:
         super().__init__()
-        self.cond = Conditioning(width, width, num_classes)
+        self.cond = Conditioning(width, width, num_classes, cond_dim)
         self.stem = nn.Linear(dims, width)
         self.blocks = nn.ModuleList(
             nn.ModuleDict({"norm": nn.LayerNorm(width), "inner": nn.Linear(width, width),
@@ -189,8 +198,8 @@ class ResidualMLP(nn.Module):
         )
         self.head = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dims))
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        emb = self.cond(t, y)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, c: Tensor | None = None) -> Tensor:
+        emb = self.cond(t, y, c)
         h = self.stem(x)
         for block in self.blocks:
             h = h + block["outer"](block["inner"](block["norm"](h)) + emb)

@@ -2,9 +2,10 @@
 
 Routes: ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /v1/models``, ``POST /v1/completions`` and ``POST
 /v1/chat/completions`` (:mod:`genzoo.serve.text`), ``POST /v1/images/generations``, ``POST /v1/edits``, ``POST
-/v1/score``, ``GET /v1/files/{name}`` (images returned as URLs). Model work runs in FastAPI's thread pool
-(route functions are plain ``def``), one request per model at a time (the model's lock), so the event loop keeps
-answering health checks and other models while a sampler runs.
+/v1/score``, ``GET /v1/files/{name}`` (images returned as URLs). Cascades (:mod:`genzoo.serve.cascade`) answer text
+and image requests under their own names; every request has a deadline (:mod:`genzoo.serve.deadline`). Model work
+runs in FastAPI's thread pool (route functions are plain ``def``), one request per model at a time (the model's
+lock), so the event loop keeps answering health checks and other models while a sampler runs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from genzoo.editing import edit as edit_image
 from genzoo.eval.scoring import example_scores, model_examples
 from genzoo.serve.auth import APIKey, KeyRing
 from genzoo.serve.batching import Batcher
+from genzoo.serve.cascade import Cascade, CascadeConfig, image_confidence
+from genzoo.serve.deadline import Deadline
 from genzoo.serve.errors import APIError, error_body, install_error_handlers
 from genzoo.serve.guardrails import BlockList
 from genzoo.serve.metrics import ServerMetrics
@@ -62,6 +65,12 @@ class ServeSettings(BaseModel):
     api_keys: list[APIKey] = Field(default_factory=list, description="clients allowed in; empty: open (loopback)")
     block_list: list[str] = Field(default_factory=list, description="phrases refused in prompts and cut from "
                                                                     "completions")
+    request_timeout: float = Field(300.0, gt=0, description="seconds a request may take before it is stopped (504); "
+                                                             "a request's own 'timeout' can only shorten it")
+    cascades: list[CascadeConfig] = Field(default_factory=list, description="virtual models trying served models "
+                                                                            "in order (genzoo.serve.cascade)")
+    indexes: dict[str, Path] = Field(default_factory=dict, description="retrieval indexes (genzoo index build) by "
+                                                                      "name, for chat requests' rag field")
 
 
 class ImageRequest(BaseModel):
@@ -76,6 +85,7 @@ class ImageRequest(BaseModel):
     prompt: str | None = Field(None, description="accepted for OpenAI clients; only text-conditional models use it")
     response_format: Literal["b64_json", "url"] = "b64_json"
     options: dict[str, Any] = Field(default_factory=dict, description="the model's sampling options (steps ...)")
+    timeout: float | None = Field(None, gt=0, description="seconds this request may take (capped by the server's)")
 
 
 class EditRequest(BaseModel):
@@ -91,6 +101,7 @@ class EditRequest(BaseModel):
     label: int | None = Field(None, alias="class", ge=0)
     response_format: Literal["b64_json", "url"] = "b64_json"
     options: dict[str, Any] = Field(default_factory=dict, description="the model's sampling options")
+    timeout: float | None = Field(None, gt=0, description="seconds this request may take (capped by the server's)")
 
 
 class FeedbackRequest(BaseModel):
@@ -121,6 +132,8 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     store = RequestStore(settings.store) if settings.store else None
     tracker = Tracker(registry, metrics, store, settings.dedupe)
     keys = KeyRing(settings.api_keys)
+    for cascade in settings.cascades:
+        registry.add_cascade(cascade)
     app = FastAPI(title="genzoo", version=__version__, docs_url="/docs", redoc_url=None)
     app.state.registry, app.state.settings, app.state.metrics, app.state.store = registry, settings, metrics, store
     install_error_handlers(app)
@@ -163,7 +176,8 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
 
     @app.get("/v1/models")
     def list_models(_: str | None = Depends(caller)) -> dict[str, Any]:
-        return {"object": "list", "data": [served.describe() for served in registry.models.values()]}
+        return {"object": "list", "data": [served.describe() for served in registry.models.values()]
+                + [registry.describe_cascade(name) for name in registry.cascades]}
 
     @app.post("/v1/images/generations")
     def images(request: ImageRequest, key: str | None = Depends(caller)) -> dict[str, Any]:
@@ -171,32 +185,30 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
             raise APIError(400, f"n is {request.n}; this server draws at most {settings.max_images} images per request",
                            param="n")
         parameters = request.model_dump(by_alias=True)
+        deadline = Deadline.of(settings.request_timeout, request.timeout)
         with tracker.track("images", request.model, parameters, key) as tracked:
-            served, model = registry.get(request.model)
-            if model.data.kind is not DataKind.IMAGE:
-                raise APIError(400, f"model '{request.model}' does not make images ({model.data.kind.value} data)",
-                               param="model")
-            if request.prompt and Capability.GENERATE_TEXT not in model.capabilities:
-                raise APIError(400, f"model '{request.model}' takes no prompt (it samples unconditionally"
-                               f"{' or given a class' if model.data.conditional else ''})", param="prompt")
-            labels = None if request.label is None else torch.tensor([request.label])
-            with served.lock:
-                images = model.sample(request.n, seed=request.seed, labels=labels, **request.options)
+            cascade = registry.cascades.get(request.model)
+            if cascade is None:
+                images = _sample(registry, request, request.model, request.n, deadline)
+                provenance = registry.model(request.model).provenance
+                about = {"model": request.model, "checkpoint": provenance.get("checkpoint"),
+                         "step": provenance.get("step")}
+            else:
+                images, about = _image_cascade(cascade, registry, request, deadline)
             metrics.batch_size.labels("images", request.model).observe(request.n)
             data = [_image_entry(_png(image), request.response_format, files) for image in images]
             return tracked.respond({"id": tracked.id, "created": int(time.time()), "data": data,
-                                    "genzoo": {"model": request.model, "seed": request.seed or 0,
-                                               "checkpoint": model.provenance.get("checkpoint"),
-                                               "step": model.provenance.get("step")}}, samples=request.n)
+                                    "genzoo": {**about, "seed": request.seed or 0}}, samples=request.n)
 
     @app.post("/v1/edits")
     def edits(request: EditRequest, key: str | None = Depends(caller)) -> dict[str, Any]:
+        deadline = Deadline.of(settings.request_timeout, request.timeout)
         with tracker.track("edits", request.model, request.model_dump(by_alias=True), key) as tracked:
             served, model = registry.get(request.model)
             image = _decode_image(request.image, model, "image")
             mask = None if request.mask is None else _decode_image(request.mask, model, "mask", mask=True)
             options = {**request.options, **({} if request.label is None else {"labels": request.label})}
-            with served.lock:
+            with served.lock, deadline.watching(model):
                 edited = edit_image(model, image, mask, strength=request.strength, seed=request.seed, **options)
             data = [_image_entry(_png(image), request.response_format, files) for image in edited]
             return tracked.respond({"id": tracked.id, "created": int(time.time()), "data": data}, samples=len(data))
@@ -242,6 +254,47 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
 
     install_text_routes(app, registry, tracker, caller, settings, [BlockList(settings.block_list)])
     return app
+
+
+def _sample(registry: ModelRegistry, request: ImageRequest, name: str, n: int, deadline: Deadline) -> torch.Tensor:
+    """``n`` images of the served model ``name`` for ``request`` (its seed, class and options), before the deadline."""
+    served, model = registry.get(name)
+    if model.data.kind is not DataKind.IMAGE:
+        raise APIError(400, f"model '{name}' does not make images ({model.data.kind.value} data)", param="model")
+    if request.prompt and Capability.GENERATE_TEXT not in model.capabilities:
+        raise APIError(400, f"model '{name}' takes no prompt (it samples unconditionally"
+                       f"{' or given a class' if model.data.conditional else ''})", param="prompt")
+    labels = None if request.label is None else torch.tensor([request.label])
+    with served.lock, deadline.watching(model):
+        return model.sample(n, seed=request.seed, labels=labels, **request.options)
+
+
+def _image_cascade(cascade: Cascade, registry: ModelRegistry, request: ImageRequest, deadline: Deadline
+                   ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Images of a cascade, escalated one by one: each step redraws (same seed) the images whose confidence is below
+    its threshold. Returns the images and the response's ``model``, ``answered_by`` (per image), ``escalations``."""
+    images: torch.Tensor | None = None
+    answered_by = [""] * request.n
+    todo, tried = torch.arange(request.n), []
+    for step, threshold in zip(cascade.config.steps, cascade.thresholds(registry), strict=True):
+        drawn = _sample(registry, request, step.model, len(todo), deadline)
+        images = drawn if images is None else images.index_put((todo,), drawn)
+        for i in todo.tolist():
+            answered_by[i] = step.model
+        if threshold is None:  # the last model keeps what it drew
+            tried.append({"model": step.model, "images": len(todo), "escalated": 0})
+            break
+        served, model = registry.get(step.model)
+        with served.lock:
+            confidence = image_confidence(step.signal, model, drawn)
+        low = confidence < threshold
+        tried.append({"model": step.model, "images": len(todo), "signal": step.signal, "values": confidence.tolist(),
+                      "threshold": threshold, "escalated": int(low.sum())})
+        todo = todo[low]
+        if not len(todo):
+            break
+    assert images is not None  # a cascade has at least two steps and n >= 1
+    return images, {"model": cascade.name, "answered_by": answered_by, "escalations": tried}
 
 
 def _scores_now(served: ServedModel, model: GenerativeModel, x: torch.Tensor) -> torch.Tensor:

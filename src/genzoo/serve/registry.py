@@ -4,7 +4,8 @@ A name is what clients send as ``model``: the run directory's folder name by def
 command line. Names are checked against a strict pattern (letters, digits, ``._:-``), so a client can never make the
 server open a path: only sources given at start-up are ever loaded. Each model has a lock: requests to one model run
 one at a time (a model is not re-entrant while it holds a KV cache or a sampler's state), requests to different
-models run in parallel.
+models run in parallel. A *cascade* (:mod:`genzoo.serve.cascade`) is a virtual model under its own name, trying
+served models in order.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from genzoo.contract import Capability, GenerativeModel
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.runs import RunDir, load, pretrained_class, resolve_class
+from genzoo.serve.cascade import Cascade, CascadeConfig
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -89,6 +91,7 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self.models: dict[str, ServedModel] = {}
+        self.cascades: dict[str, Cascade] = {}
 
     @classmethod
     def from_sources(cls, sources: list[str], eager: bool = False) -> ModelRegistry:
@@ -105,7 +108,7 @@ class ModelRegistry:
         """Serve ``source`` (a run directory, ``hf:ID`` or an already loaded model) as ``name``."""
         if not NAME_PATTERN.match(name):
             raise ConfigError(f"model name '{name}' is not allowed: use letters, digits and . _ : - (at most 128)")
-        if name in self.models:
+        if name in self.models or name in self.cascades:
             raise ConfigError(f"two models are served as '{name}': name them apart with NAME=SOURCE")
         if isinstance(source, GenerativeModel):
             served = ServedModel(name, f"<{source.name} object>", source)
@@ -126,3 +129,26 @@ class ModelRegistry:
         if capability is not None:
             model.require(capability)
         return served, model
+
+    def add_cascade(self, config: CascadeConfig) -> Cascade:
+        """Serve ``config`` as a virtual model trying served models in order."""
+        if not NAME_PATTERN.match(config.name):
+            raise ConfigError(f"cascade name '{config.name}' is not allowed: use letters, digits and . _ : -")
+        if config.name in self.models or config.name in self.cascades:
+            raise ConfigError(f"the cascade '{config.name}' has the name of another served model")
+        missing = [step.model for step in config.steps if step.model not in self.models]
+        if missing:
+            raise ConfigError(f"cascade '{config.name}' names models that are not served: {', '.join(missing)}")
+        self.cascades[config.name] = Cascade(config)
+        return self.cascades[config.name]
+
+    def model(self, name: str) -> GenerativeModel:
+        """A served model, loaded."""
+        return self.get(name)[1]
+
+    def describe_cascade(self, name: str) -> dict[str, object]:
+        """The ``/v1/models`` entry of a cascade: its first model's, under the cascade's name, with its steps."""
+        steps = self.cascades[name].config.steps
+        entry = self.models[steps[0].model].describe()
+        return {**entry, "id": name, "loaded": all(self.models[s.model].loaded for s in steps),
+                "cascade": [{"model": s.model, "signal": s.signal} for s in steps]}

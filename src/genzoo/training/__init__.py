@@ -8,6 +8,8 @@ nothing behind and a resumed run is the run that was started.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from genzoo.data.specs import absolute_spec, recorded_options
 from genzoo.errors import ConfigError, RunDirError
 from genzoo.registry import build_model, make_config, model_class
 from genzoo.runs import RunDir
+from genzoo.training.distributed import World, launch, process_group, shared_value
+from genzoo.training.logging import TRACKERS, MetricsLogger, Tracker
 from genzoo.training.trainer import (
     FIXED_ON_RESUME,
     TrainConfig,
@@ -31,7 +35,16 @@ from genzoo.training.trainer import (
     select_device,
 )
 
-__all__ = ["TrainConfig", "Trainer", "parse_budget", "split_overrides", "train"]
+__all__ = [
+    "TRACKERS",
+    "MetricsLogger",
+    "Tracker",
+    "TrainConfig",
+    "Trainer",
+    "parse_budget",
+    "split_overrides",
+    "train",
+]
 
 
 def split_overrides(model: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -140,6 +153,8 @@ def train(
     init: str | None = None,
     lora: bool = False,
     data_b: str | Dataset | None = None,
+    on_validation: Callable[[int, dict[str, float]], bool] | None = None,
+    nproc: int = 1,
     **trainer_options: Any,
 ) -> Path:
     """Train model ``model`` on ``data`` (a data spec or a Dataset) and return the run directory.
@@ -151,9 +166,36 @@ def train(
     other settings given again must agree with the saved ones, or be ones that may change (logging, checkpoint
     frequency, device), which are recorded in ``config.json``. ``init`` (a run directory or ``hf:NAME``) starts
     from trained weights and ``lora`` trains LoRA adapters only (see :mod:`genzoo.finetune`).
+
+    Data-parallel training: under ``torchrun --nproc-per-node N`` every process calls this and they train together
+    (``batch_size`` is the global batch; process 0 writes the run); ``nproc=N`` starts N such processes here.
+    ``tracker="mlflow"`` also logs the run to MLflow (see :mod:`genzoo.training.logging`).
     """
-    if resume:
-        return _resume(model, data, steps, budget, out, seed, overrides, image_size, data_b, trainer_options)
+    if nproc < 1:
+        raise ConfigError(f"nproc must be at least 1, got {nproc}")
+    if nproc > 1:
+        if on_validation is not None:
+            raise ConfigError("on_validation runs in this process; it cannot follow a run in nproc > 1 processes")
+        if out is None:  # every process must name the same folder
+            if resume or model is None or data is None:
+                raise ConfigError("train needs a model and data, or resume=True with the run directory in out")
+            out = default_run_dir(model, _spec_of(data))
+        launch(nproc, train, model, data, steps=steps, budget=budget, out=out, seed=seed, overrides=overrides,
+               resume=resume, image_size=image_size, init=init, lora=lora, data_b=data_b, **trainer_options)
+        return Path(out)
+    settings = {**(overrides or {}), **trainer_options}
+    with process_group(select_device(str(settings.get("device", "auto")))) as world:
+        if resume:
+            return _resume(model, data, steps, budget, out, seed, overrides, image_size, data_b, trainer_options,
+                           on_validation, world)
+        return _start(model, data, steps, budget, out, seed, overrides, image_size, init, lora, data_b,
+                      trainer_options, on_validation, world)
+
+
+def _start(model: str | None, data: str | Dataset | None, steps: int | None, budget: str | float | None,
+           out: str | Path | None, seed: int | None, overrides: dict[str, Any] | None, image_size: int | None,
+           init: str | None, lora: bool, data_b: str | Dataset | None, trainer_options: dict[str, Any],
+           on_validation: Callable[[int, dict[str, float]], bool] | None, world: World) -> Path:
     if model is None or data is None:
         raise ConfigError("train needs a model and data (or resume=True with the run directory in out)")
     from genzoo.finetune import plan_training
@@ -170,7 +212,7 @@ def train(
     if image_size is not None and image_size < 1:
         raise ConfigError(f"image size must be at least 1, got {image_size}")
     run = RunDir(out) if out is not None else None
-    if run is not None and run.exists():
+    if world.is_main and run is not None and run.exists():
         raise RunDirError(f"{run.path} already holds a run; pass --resume to continue it or choose --out")
     if run is not None and run.path.exists() and not run.path.is_dir():
         raise RunDirError(f"--out {run.path} is a file, not a folder")
@@ -179,21 +221,22 @@ def train(
     torch.manual_seed(cfg.seed)
     net = build_model(model, dataset.info, hparams, tokenizer=dataset.tokenizer)
     plan.apply(net)
-    run = run or RunDir(default_run_dir(model, dataset.info.spec))
+    run = run or RunDir(shared_value(default_run_dir(model, dataset.info.spec), world))
     config = run_config(net, dataset.info, cfg, dataset.info.spec, image_size,
                         None if data_b is None else _spec_of(data_b))
     if init or lora:
         config["finetune"] = {"init": init, "lora": lora, "notes": plan.notes}
-    with run.lock():
-        if run.exists():  # created meanwhile by another process
+    with run.lock() if world.is_main else nullcontext():  # process 0 writes for all
+        if world.is_main and run.exists():  # created meanwhile by another process
             raise RunDirError(f"{run.path} already holds a run; pass --resume to continue it or choose --out")
-        Trainer(net, dataset, run, cfg, config).fit()
+        Trainer(net, dataset, run, cfg, config, on_validation=on_validation, world=world).fit()
     return run.path
 
 
 def _resume(model: str | None, data: str | Dataset | None, steps: int | None, budget: str | float | None,
             out: str | Path | None, seed: int | None, overrides: dict[str, Any] | None, image_size: int | None,
-            data_b: str | Dataset | None, trainer_options: dict[str, Any]) -> Path:
+            data_b: str | Dataset | None, trainer_options: dict[str, Any],
+            on_validation: Callable[[int, dict[str, float]], bool] | None, world: World) -> Path:
     if out is None:
         raise ConfigError("--resume needs --out RUN_DIR (the run to continue)")
     run = RunDir(out)
@@ -210,14 +253,14 @@ def _resume(model: str | None, data: str | Dataset | None, steps: int | None, bu
     dataset = data if isinstance(data, Dataset) else _load(config["data"]["spec"], image_size, options)
     spec_b = (config["data"].get("data_b") or {}).get("spec")
     dataset = _paired(model, dataset, data_b if data_b is not None else spec_b, image_size)
-    with run.lock():
+    with run.lock() if world.is_main else nullcontext():
         net = run.build_model(tokenizer=dataset.tokenizer)
         net.load_assets(run.path)
-        if changed:
+        if changed and world.is_main:
             history = [*config.get("resumes", []), {"step": run.trainer_state("last")["step"], "changed": changed,
                                                    "time": datetime.now(UTC).isoformat(timespec="seconds")}]
             run.write_config({**config, "train": cfg.model_dump(mode="json"), "resumes": history})
-        Trainer(net, dataset, run, cfg, run.config, resume=True).fit()
+        Trainer(net, dataset, run, cfg, run.config, resume=True, on_validation=on_validation, world=world).fit()
     return run.path
 
 

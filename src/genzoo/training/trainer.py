@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,14 +24,28 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from genzoo._version import __version__
-from genzoo.contract import GenerativeModel, Optimizers, Stage, eval_mode
+from genzoo.contract import GenerativeModel, Stage, eval_mode
 from genzoo.data.base import Dataset
 from genzoo.errors import ConfigError, NonFiniteError
 from genzoo.io import atomic_write_bytes, load_tensors
 from genzoo.runs import RunDir
 from genzoo.runs.checkpoint import load_weights, optimizer_from_files, restore_rng
+from genzoo.training.distributed import (
+    DataParallelOptimizers,
+    World,
+    barrier,
+    broadcast_model,
+    broadcast_tensors,
+    current_world,
+    from_main,
+    mean_over_processes,
+    micro_batches,
+    micro_seed,
+    persistent_buffers,
+    rank_device,
+)
 from genzoo.training.ema import EMA
-from genzoo.training.logging import MetricsLogger, ProgressBar
+from genzoo.training.logging import TRACKERS, MetricsLogger, ProgressBar, make_trackers
 
 
 def parse_budget(value: str | float | int | None) -> float | None:
@@ -77,6 +92,18 @@ class TrainConfig(BaseModel):
                                                           "diverged")
     device: str = "auto"
     progress: bool = True
+    tracker: str = Field("none", description="experiment tracker besides metrics.jsonl and TensorBoard: none or "
+                                             "mlflow")
+    tracking_uri: str | None = Field(None, description="the tracker's store (MLflow: default MLFLOW_TRACKING_URI, "
+                                                       "else sqlite:///mlflow.db in the working directory)")
+    experiment: str = Field("genzoo", min_length=1, description="experiment the tracker files the run under")
+
+    @field_validator("tracker")
+    @classmethod
+    def _known_tracker(cls, value: str) -> str:
+        if value != "none" and value not in TRACKERS:
+            raise ValueError(f"unknown tracker '{value}' (have none, {', '.join(sorted(TRACKERS))})")
+        return value
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -159,17 +186,25 @@ class Trainer:
     """Train ``model`` on ``dataset`` into ``run`` (created, or resumed with ``resume=True``).
 
     The caller holds the run's lock and has checked the settings; ``run_config`` is the run's ``config.json``.
+    ``on_validation(step, metrics)`` is called after each validation; returning True stops training there (the run
+    still ends with its ``last/`` checkpoint): how a hyperparameter search prunes a bad trial.
+
+    In a data-parallel ``world`` (default: the initialised process group, see :mod:`genzoo.training.distributed`)
+    ``batch_size`` is the global batch; every process computes, process 0 validates and writes.
     """
 
     def __init__(self, model: GenerativeModel, dataset: Dataset, run: RunDir, cfg: TrainConfig,
-                 run_config: dict[str, Any], resume: bool = False) -> None:
+                 run_config: dict[str, Any], resume: bool = False,
+                 on_validation: Callable[[int, dict[str, float]], bool] | None = None,
+                 world: World | None = None) -> None:
+        self.world = world = world or current_world()
         if cfg.lr_schedule == "cosine" and not cfg.steps:
             raise ConfigError("lr_schedule=cosine needs a step count (--steps)")
-        if cfg.batch_size % cfg.grad_accum:
+        if cfg.batch_size % (cfg.grad_accum * world.size):
             raise ConfigError(f"batch_size {cfg.batch_size} does not split into grad_accum={cfg.grad_accum} "
-                              "equal micro-batches")
+                              f"equal micro-batches on each of {world.size} process(es)")
         self.model, self.dataset, self.run, self.cfg = model, dataset, run, cfg
-        self.device = select_device(cfg.device)
+        self.device = rank_device(select_device(cfg.device), world)
         self.dtype = autocast_dtype(cfg.precision, self.device)
         self.stages = stage_plan(model)
         self.model.to(self.device)
@@ -180,23 +215,29 @@ class Trainer:
         self.last_validated: int | None = None
         self.last_preview: int | None = None
         self.val_generator_seed = cfg.seed + 7919
+        self.on_validation = on_validation
+        self.stop_requested = False
         if resume:
             state, tensors, folder = self._resume()
         else:
             self._create(run_config)
+        if world.parallel:  # one initialisation (and setup) everywhere: process 0's
+            broadcast_model(model)
         self.optimizers = model.configure_optimizers()
         self.schedules = self._schedules()
         for opt in self.optimizers.values():
             for group in opt.param_groups:
                 group.setdefault("initial_lr", group["lr"])
         scaler = torch.amp.GradScaler("cuda") if self.dtype is torch.float16 else None
-        self.optim = Optimizers(self.optimizers, cfg.grad_clip, scaler)
+        self.optim = DataParallelOptimizers(self.optimizers, cfg.grad_clip, scaler, world)
         self.optim.accumulate = cfg.grad_accum
         self.ema = EMA(model, cfg.ema_decay, model.ema_targets()) if cfg.ema_decay else None
         if resume:
             self._restore(state, tensors, folder)
         self.optim.stage = self.stage
-        self.logger = MetricsLogger(self.run.path)
+        trackers = make_trackers(run.path, cfg.tracker, cfg.tracking_uri, cfg.experiment) if world.is_main else []
+        self.logger = MetricsLogger(run.path, trackers, enabled=world.is_main)
+        self.logger.begin(run_config, resume)
         if resume:  # marks where this invocation's clock ("time") restarts from 0
             self.logger.log(self.step, "resume", {})
 
@@ -222,8 +263,9 @@ class Trainer:
 
     # ----- run directory ---------------------------------------------------------------------------------------
     def _create(self, run_config: dict[str, Any]) -> None:
-        self.run.write_config(run_config)
-        self.model.save_assets(self.run.path)
+        if self.world.is_main:
+            self.run.write_config(run_config)
+            self.model.save_assets(self.run.path)
         first = self.dataset.batch_at(0, self.cfg.batch_size, self.cfg.seed).to(self.device)
         with torch.no_grad():
             self.model.setup(first)
@@ -236,7 +278,8 @@ class Trainer:
         self.step, self.best, self.last_saved = state["step"], state.get("best"), state["step"]
         self.last_validated = self.last_preview = state["step"]
         self.stage_index = min(int(state.get("stage", 0)), len(self.stages) - 1)
-        self.run.truncate_metrics(self.step)
+        if self.world.is_main:
+            self.run.truncate_metrics(self.step)
         return state, tensors, folder
 
     def _restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor], folder: Path) -> None:
@@ -247,13 +290,15 @@ class Trainer:
         restore_rng({k[4:]: v for k, v in tensors.items() if k.startswith("rng/")})
 
     def _save(self, name: str) -> None:
+        if name == "last":
+            self.last_saved = self.step
+        if not self.world.is_main:
+            return
         ema_tensors = self.ema.model_tensors() if self.ema is not None else None
         is_last = name == "last"
         state = {"step": self.step, "best": self.best, "stage": self.stage_index,
                  "saved": datetime.now(UTC).isoformat(timespec="seconds"), "genzoo_version": __version__}
         self.run.save_checkpoint(name, self.model, ema_tensors, self.optimizers if is_last else None, state)
-        if is_last:
-            self.last_saved = self.step
 
     # ----- one step --------------------------------------------------------------------------------------------
     def _set_lr(self) -> float:
@@ -265,16 +310,17 @@ class Trainer:
         return next(iter(factors.values()))
 
     def _train_step(self) -> dict[str, float]:
+        """One update on the global batch of this step: this process's micro-batches (all of them in a single
+        process), each drawing its randomness from its own stream, so any process layout computes the same."""
         factor = self._set_lr()
         batch = self.dataset.batch_at(self.step, self.cfg.batch_size, self.cfg.seed).to(self.device)
         self.model.train()
         k = self.cfg.grad_accum
-        micro = len(batch) // k
         totals: dict[str, float] = {}
         try:
-            for i in range(k):
+            for i, (index, part) in enumerate(micro_batches(batch, self.world, k)):
                 self.optim.micro = i
-                part = batch if k == 1 else batch[i * micro : (i + 1) * micro]
+                torch.manual_seed(micro_seed(self.cfg.seed, self.step, index))
                 with torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext():
                     losses = self.model.training_step(part, self.step, self.optim)
                 for key, value in losses.items():
@@ -283,6 +329,8 @@ class Trainer:
             raise NonFiniteError(f"training stopped at step {self.step}: {err}; {self._kept()}. Try a lower "
                                  "learning rate (--set lr=...) or gradient clipping (--set grad_clip=1.0)") from None
         self.step += 1
+        if self.world.parallel:
+            broadcast_tensors(persistent_buffers(self.model))
         if self.ema is not None:
             self.ema.update(self.step)
         if self.step % self.cfg.divergence_every == 0:
@@ -323,6 +371,9 @@ class Trainer:
         return {k: v / max(count, 1) for k, v in totals.items()}
 
     def _validate_and_keep_best(self) -> dict[str, float]:
+        self.last_validated = self.step
+        if not self.world.is_main:  # process 0 validates for all (the weights are the same everywhere)
+            return {}
         metrics = self.validate()
         value = metrics.get(self.validation_metric)
         if value is not None and math.isfinite(value) and (self.best is None or value < self.best):
@@ -330,10 +381,14 @@ class Trainer:
             self._save("best")
             metrics["best"] = 1.0
         self.logger.log(self.step, "val", metrics)
-        self.last_validated = self.step
+        if self.on_validation is not None and self.on_validation(self.step, metrics):
+            self.stop_requested = True
         return metrics
 
     def _preview(self) -> None:
+        self.last_preview = self.step
+        if not self.world.is_main:
+            return
         handler = self.model.data.handler
         directory = self.run.samples_dir
         directory.mkdir(parents=True, exist_ok=True)
@@ -342,7 +397,7 @@ class Trainer:
             step_file = directory / f"step-{self.step:07d}{handler.preview_suffix}"
             written = handler.preview(self.model, reference, step_file)
         atomic_write_bytes(directory / f"latest{written.suffix}", written.read_bytes())  # drawn once, kept twice
-        self.last_preview = self.step
+        self.logger.log_file(written, "samples")
 
     def _advance_stage(self, target: int | None, elapsed: float) -> None:
         """Move to the next stage when this one has had its share of the steps (or of the time budget)."""
@@ -360,20 +415,39 @@ class Trainer:
 
     # ----- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        if self.model.fits_whole_data:
-            return self._fit_whole_data()
+        """Train to the step target or time budget and end with a validated ``last/`` checkpoint; the trackers
+        hear how the run ended."""
+        try:
+            summary = self._fit_whole_data() if self.model.fits_whole_data else self._fit_steps()
+        except BaseException:
+            self.logger.close(failed=True)
+            raise
+        self.logger.close()
+        barrier(self.world)  # every process returns once process 0 has written the run
+        return summary
+
+    def _keep_going(self, start: float, target: int | None) -> tuple[bool, float]:
+        """Whether to take another step, and the seconds since ``start``: process 0's, so that all agree."""
+        elapsed = time.perf_counter() - start
+        more = not self.stop_requested and (target is None or self.step < target) and (
+            self.cfg.budget is None or elapsed < self.cfg.budget)
+        more_flag, elapsed = from_main([float(more), elapsed], self.world)
+        return more_flag > 0, elapsed
+
+    def _fit_steps(self) -> dict[str, Any]:
         cfg = self.cfg
         target = cfg.target_steps()
         start_step, start = self.step, time.perf_counter()
-        bar = ProgressBar(cfg.progress, target, cfg.budget, self.model.name, start_step)
+        bar = ProgressBar(cfg.progress and self.world.is_main, target, cfg.budget, self.model.name, start_step)
         running: dict[str, float] = {}
         counts: dict[str, int] = {}  # per key: a GAN's generator loss comes only every n_critic steps
         val: dict[str, float] = {}
         with bar:
-            while (target is None or self.step < target) and (
-                cfg.budget is None or time.perf_counter() - start < cfg.budget
-            ):
-                self._advance_stage(target, time.perf_counter() - start)
+            while True:
+                more, elapsed = self._keep_going(start, target)
+                if not more:
+                    break
+                self._advance_stage(target, elapsed)
                 losses = self._train_step()
                 for key, value in losses.items():
                     running[key] = running.get(key, 0.0) + value
@@ -381,7 +455,7 @@ class Trainer:
                 elapsed = time.perf_counter() - start
                 rate = (self.step - start_step) / max(elapsed, 1e-9)
                 if self.step % cfg.log_every == 0:
-                    means = {k: v / counts[k] for k, v in running.items()}
+                    means = mean_over_processes({k: v / counts[k] for k, v in running.items()}, self.world)
                     self.logger.log(self.step, "train", {**means, "steps_per_s": rate})
                     running, counts = {}, {}
                 if self.step % cfg.eval_every == 0:
@@ -393,7 +467,6 @@ class Trainer:
                 bar.update(self.step, elapsed, losses, val)
         elapsed = time.perf_counter() - start
         self._finish()
-        self.logger.close()
         return {"steps": self.step, "seconds": elapsed, "steps_per_s": (self.step - start_step) / max(elapsed, 1e-9),
                 "best": self.best, "validation_metric": self.validation_metric, "last_val": val}
 
@@ -409,7 +482,6 @@ class Trainer:
             self.step = 1
             self.logger.log(self.step, "train", {**metrics, "fit_seconds": time.perf_counter() - start})
         self._finish()
-        self.logger.close()
         elapsed = time.perf_counter() - start
         return {"steps": self.step, "seconds": elapsed, "steps_per_s": None, "best": self.best,
                 "validation_metric": self.validation_metric, "last_val": {}}

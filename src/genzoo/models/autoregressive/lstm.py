@@ -23,6 +23,7 @@ class LSTM(TokenSequenceModel):
 
     name = "lstm"
     quick_steps = 600
+    export_module = TokenSequenceModel.causal_export  # next-token logits over a fixed window
     family = "autoregressive"
     smoke_config: ClassVar[dict[str, Any]] = {"layers": 1, "width": 16}
 

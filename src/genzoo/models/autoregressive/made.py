@@ -53,6 +53,7 @@ from genzoo.models.autoregressive.pixels import (
 from genzoo.nn.discrete import soft_floor
 from genzoo.nn.masked import MADENet
 from genzoo.registry import register
+from genzoo.searchspace import Choice, IntRange, LogUniform, Param, Uniform
 
 
 class MADEConfig(ModelConfig):
@@ -88,6 +89,10 @@ class MADE(GenerativeModel):
     quick_steps = 500
     family = "autoregressive"
     Config = MADEConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "lr": LogUniform(3e-4, 1e-2), "hidden": Choice(128, 256, 512), "layers": IntRange(1, 3),
+        "dropout": Uniform(0.0, 0.3), "weight_decay": Uniform(0.0, 0.1),
+    }
     SampleOptions = MADESampling
     data_kinds = frozenset({DataKind.IMAGE, DataKind.VECTOR})
     base_capabilities = frozenset({Capability.SAMPLE, Capability.EXACT_LIKELIHOOD})

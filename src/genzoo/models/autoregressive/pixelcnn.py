@@ -25,6 +25,7 @@ from genzoo.errors import ConfigError
 from genzoo.models.autoregressive.pixels import PixelConfig, PixelModel
 from genzoo.nn.masked import MaskedConv2d
 from genzoo.registry import register
+from genzoo.searchspace import Choice, IntRange, LogUniform, Param, Uniform
 
 
 class PixelCNNConfig(PixelConfig):
@@ -55,6 +56,10 @@ class PixelCNN(PixelModel):
     name = "pixelcnn"
     quick_steps = 600
     Config = PixelCNNConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "lr": LogUniform(3e-4, 1e-2), "channels": Choice(16, 32, 64), "layers": IntRange(2, 8),
+        "dropout": Uniform(0.0, 0.3), "weight_decay": Uniform(0.0, 0.1),
+    }
     smoke_config: ClassVar[dict[str, Any]] = {"channels": 8, "layers": 1, "first_kernel": 3}
     train_defaults: ClassVar[dict[str, Any]] = {"batch_size": 64, "eval_every": 100, "grad_clip": 1.0}
     config: PixelCNNConfig

@@ -26,6 +26,8 @@ from genzoo.contract import (
     Cost,
     DataInfo,
     DataKind,
+    ExportModule,
+    ExportSpec,
     GenerativeModel,
     LogLikelihood,
     ModelConfig,
@@ -156,6 +158,23 @@ class TokenSequenceModel(TextGenerationMixin, GenerativeModel):
         start = torch.full((n, 1), self.bos, dtype=torch.long, device=self.device)
         ids = torch.stack(list(generate_tokens(self, start, cfg, generator, self.vocab_out)), dim=1)
         return self.from_ids(ids)
+
+    # ----- export --------------------------------------------------------------------------------------------
+    def causal_export(self, batch: int, context: int | None = None) -> ExportSpec:
+        """An ``export_module`` for causal models (``export_module = TokenSequenceModel.causal_export``).
+
+        Next-token logits over a fixed window: ids (batch, context) -> logits (batch, context, V). Attention is
+        causal, so logits[:, t] depend on ids[:, :t + 1] only: a shorter sequence is padded on the right with any
+        id and read at its last position; the generation loop stays with the caller."""
+        longest = self.max_positions or self.seq_len
+        context = longest if context is None else context
+        if not 1 <= context <= longest:
+            raise ConfigError(f"model '{self.name}' reads at most {longest} positions; got context {context}")
+        ids = torch.randint(self.vocab_out, (batch, context), generator=torch.Generator().manual_seed(0))
+        ids[:, 0] = self.bos
+        return ExportSpec(ExportModule(self, self.forward), {"ids": ids}, "logits",
+                          f"ids[:, 0] = BOS = {self.bos}; draw token t+1 from softmax(logits[:, t]) and write it at "
+                          f"ids[:, t + 1]; past {context} positions keep BOS and the last {context - 1} tokens")
 
     # ----- cost ------------------------------------------------------------------------------------------------
     def token_flops(self, position: int) -> float | None:

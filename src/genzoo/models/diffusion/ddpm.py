@@ -6,10 +6,15 @@ with the "simple" loss E_{t, eps} ||f(x_t, t, y) - target||^2, t uniform. Every 
 the default, ``ddim`` and ``ancestral``, alias ``ddpm``; chosen with the :class:`DDPMSampleOptions`) sees it
 through the denoiser D(x_t, t) = x^_0, clipped to [-1, 1] for images.
 
-Class conditioning and classifier-free guidance (Ho & Salimans, 2021): during training the label is replaced by
-a null label with probability ``label_dropout``, so one network learns p(x | y) and p(x). At sampling,
+Conditioning and classifier-free guidance (Ho & Salimans, 2021): the condition is a class label y, or a
+caption's sentence embedding c on captioned data (``scenes:``, ``captions:``; added to the time embedding, adaLN).
+During training the condition is replaced by the null one (label ``num_classes``, the zero vector) with
+probability ``label_dropout``, so one network learns p(x | y) and p(x). At sampling,
 f~ = f(x, t, null) + w (f(x, t, y) - f(x, t, null)): w = 0 is the unconditional model, w = 1 the conditional one,
-w > 1 trades diversity for fidelity to the class (two network evaluations per step).
+w > 1 trades diversity for fidelity to the class or prompt (two network evaluations per step). A prompt is
+embedded at sample time by the encoder the run's data recorded (``sample(n, prompt="a red circle ...")``).
+``task_metrics`` on ``scenes:`` data: caption accuracy of one image per held-out caption, judged by the scenes
+checker (:mod:`genzoo.data.scenes`).
 
 Editing: inpainting/outpainting keeps the known pixels by re-imposing their forward sample after every step
 (RePaint, with optional resampling: the ``Known`` and ``Resample`` callbacks of the sampling loop) and copies them
@@ -28,6 +33,7 @@ dequantization through the same decoder): an estimate.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, cast
 
@@ -49,6 +55,9 @@ from genzoo.contract import (
     SampleOptions,
     eval_mode,
 )
+from genzoo.data.captions import encode_prompts
+from genzoo.data.scenes import caption_accuracy
+from genzoo.data.specs import load_dataset, recorded_options
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.models.diffusion.likelihood import Estimate, ode_log_likelihood, variational_bound
 from genzoo.models.diffusion.samplers import (
@@ -68,6 +77,22 @@ from genzoo.models.diffusion.schedules import Prediction, Schedule, ScheduleName
 from genzoo.nn.dit import DiT
 from genzoo.nn.unet import ResidualMLP, UNet
 from genzoo.registry import register
+from genzoo.searchspace import Choice, LogUniform, Param, Uniform
+
+#: held-out captions ``task_metrics`` draws an image for, at most, and how many at a time
+CAPTION_EVAL_MAX = 256
+CAPTION_EVAL_BATCH = 128
+
+
+def caption_dim(data: DataInfo, model: str) -> int | None:
+    """Width of the caption embeddings the data conditions on (None: no captions); token captions are refused."""
+    record = data.extra.get("caption")
+    if not isinstance(record, dict) or record.get("form") in (None, "none"):
+        return None
+    if record["form"] != "embedding":
+        raise ConfigError(f"model '{model}' conditions on caption embeddings, not {record['form']}: load the data "
+                          "with #caption=embedding (the default)")
+    return int(record["dim"])
 
 
 class DDPMConfig(ModelConfig):
@@ -90,9 +115,12 @@ class DDPMConfig(ModelConfig):
     dit_heads: int = Field(4, ge=1, description="DiT: attention heads")
     mlp_width: int = Field(256, ge=1, description="vector data: residual MLP width")
     mlp_depth: int = Field(3, ge=1, description="vector data: residual MLP blocks")
-    conditional: bool = Field(True, description="learn p(x | y) when the data has labels")
+    conditional: bool = Field(True, description="learn p(x | y) when the data has labels, p(x | caption) when it "
+                              "has caption embeddings")
     label_dropout: float = Field(0.1, ge=0.0, le=1.0, description="classifier-free guidance: probability that a "
-                                 "training label is replaced by the null label")
+                                 "training label or caption is replaced by the null one")
+    eval_guidance: float = Field(3.0, ge=0.0, description="guidance scale of the images genzoo eval draws to "
+                                 "measure caption accuracy (captioned scenes data)")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     likelihood: Literal["bound", "ode"] = Field("bound", description="what log_likelihood (and genzoo eval) "
                                                 "reports: bound (the variational bound over all T steps) or ode "
@@ -115,8 +143,8 @@ class DDPMSampleOptions(SampleOptions):
     eta: float | None = Field(None, ge=0, allow_inf_nan=False, description="Noise of the ddim (default 0: "
                               "deterministic) and ancestral (default 1) samplers; not for dpm")
     guidance: float | None = Field(None, allow_inf_nan=False, description="Classifier-free guidance scale w "
-                                   "(needs a class label; 0 = unconditional, 1 = conditional, > 1 follows the class "
-                                   "more closely; doubles the network evaluations)")
+                                   "(needs a class label or a prompt; 0 = unconditional, 1 = conditional, > 1 "
+                                   "follows the class or prompt more closely; doubles the network evaluations)")
 
     @field_validator("eta")
     @classmethod
@@ -138,9 +166,13 @@ class DDPM(GenerativeModel):
     quick_steps = 400
     family = "diffusion"
     Config = DDPMConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "lr": LogUniform(1e-4, 3e-3), "width": Choice(16, 32, 48), "dropout": Uniform(0.0, 0.2),
+        "schedule": Choice("cosine", "linear"), "prediction": Choice("eps", "v"),
+    }
     data_kinds = frozenset({DataKind.IMAGE, DataKind.VECTOR})
     base_capabilities = frozenset({Capability.SAMPLE, Capability.CONDITIONAL_SAMPLE, Capability.LIKELIHOOD_BOUND,
-                                   Capability.INPAINT, Capability.IMG2IMG})
+                                   Capability.INPAINT, Capability.IMG2IMG, Capability.TEXT_TO_IMAGE})
     smoke_config: ClassVar[dict[str, Any]] = {"timesteps": 50, "width": 8, "channel_mult": [1, 2], "mlp_width": 32,
                                               "mlp_depth": 1, "bound_steps": 5}
     smoke_overfit_steps: ClassVar[int] = 30
@@ -153,25 +185,46 @@ class DDPM(GenerativeModel):
         super().__init__(config, data)
         self.schedule = Schedule.make(config.schedule, config.timesteps)
         self.num_classes = data.num_classes if config.conditional and data.conditional else None
-        self.net = self._network(config, data)
+        self.cond_dim = caption_dim(data, self.name) if config.conditional else None
+        self.net = self._network(config, data.kind, self.diffusion_shape)
 
-    def _network(self, config: DDPMConfig, data: DataInfo) -> torch.nn.Module:
-        """The denoising network f(x_t, t, y): ``config.denoiser`` for images, a residual MLP for vectors."""
-        if data.kind is not DataKind.IMAGE:
+    @property
+    def diffusion_shape(self) -> tuple[int, ...]:
+        """The shape of one example in the space the diffusion runs in: the data's own (``ldm``: its latents')."""
+        return self.data.shape
+
+    def to_diffusion(self, x: Tensor) -> Tensor:
+        """Data units -> the space the diffusion runs in (network units; ``ldm``: scaled latents)."""
+        return self.preprocess(x)
+
+    def from_diffusion(self, z: Tensor) -> Tensor:
+        """The diffusion's space -> data units (inverse of :meth:`to_diffusion`)."""
+        return self.postprocess(z)
+
+    @property
+    def clips_x0(self) -> bool:
+        """Whether x^_0 is clipped to [-1, 1]: images in network units lie there (latents do not)."""
+        return self.data.kind is DataKind.IMAGE
+
+    def _network(self, config: DDPMConfig, kind: DataKind, shape: tuple[int, ...]) -> torch.nn.Module:
+        """The denoising network f(x_t, t, y, c): ``config.denoiser`` for images, a residual MLP for vectors."""
+        if kind is not DataKind.IMAGE:
             if config.denoiser != "unet":
                 raise ConfigError(f"the {config.denoiser} denoiser is for images; vector data uses the residual MLP")
-            return ResidualMLP(data.dims, config.mlp_width, config.mlp_depth, self.num_classes)
+            return ResidualMLP(math.prod(shape), config.mlp_width, config.mlp_depth, self.num_classes, self.cond_dim)
         if config.denoiser == "dit":
-            return DiT(data.shape, config.patch, config.dit_width, config.dit_depth, config.dit_heads,
-                       num_classes=self.num_classes)
-        return UNet(data.shape, config.width, tuple(config.channel_mult), config.num_res_blocks,
-                    config.attention_below, config.dropout, self.num_classes)
+            return DiT(shape, config.patch, config.dit_width, config.dit_depth, config.dit_heads,
+                       num_classes=self.num_classes, cond_dim=self.cond_dim)
+        return UNet(shape, config.width, tuple(config.channel_mult), config.num_res_blocks,
+                    config.attention_below, config.dropout, self.num_classes, self.cond_dim)
 
     @property
     def capabilities(self) -> frozenset[Capability]:
         caps = set(super().capabilities)
         if self.num_classes is None:
             caps.discard(Capability.CONDITIONAL_SAMPLE)
+        if self.cond_dim is None:
+            caps.discard(Capability.TEXT_TO_IMAGE)
         if self.data.kind is not DataKind.IMAGE:
             caps -= {Capability.INPAINT, Capability.IMG2IMG}
         return frozenset(caps)
@@ -185,28 +238,60 @@ class DDPM(GenerativeModel):
             return torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)
         return y.to(self.device)
 
-    def _loss(self, batch: Batch, t: Tensor, noise: Tensor, y: Tensor | None) -> Tensor:
-        x0 = self.preprocess(batch.x)
+    def _captions(self, c: Tensor | None, n: int) -> Tensor | None:
+        """Caption embeddings for the network: the given ones, or zeros (no caption)."""
+        if self.cond_dim is None:
+            return None
+        if c is None:
+            return torch.zeros(n, self.cond_dim, device=self.device)
+        return c.to(self.device, torch.float32)
+
+    def _dropped(self, y: Tensor | None, c: Tensor | None, n: int) -> tuple[Tensor | None, Tensor | None]:
+        """Classifier-free guidance training: each example's label and caption become the null ones with
+        probability ``label_dropout``."""
+        if self.config.label_dropout == 0 or (y is None and c is None):
+            return y, c
+        drop = torch.rand(n, device=self.device) < self.config.label_dropout
+        if y is not None:
+            y = torch.where(drop, torch.full_like(y, cast(int, self.num_classes)), y)
+        if c is not None:
+            c = c * (~drop)[:, None]
+        return y, c
+
+    def _condition(self, batch: Batch) -> tuple[Tensor | None, Tensor | None]:
+        """The batch's labels and caption embeddings that this model reads."""
+        return batch.y if self.num_classes is not None else None, batch.cond if self.cond_dim is not None else None
+
+    def _loss(self, x0: Tensor, t: Tensor, noise: Tensor, y: Tensor | None, c: Tensor | None) -> Tensor:
+        """The simple loss at steps t of x0 in network units."""
         xt = self.schedule.q_sample(x0, t, noise)
         target = self.schedule.target(x0, noise, t, self.config.prediction)
-        return F.mse_loss(self.net(xt, t, self._labels(y, len(x0))), target)
+        return F.mse_loss(self.net(xt, t, self._labels(y, len(x0)), self._captions(c, len(x0))), target)
 
-    def denoiser(self, labels: Tensor | None = None, guidance: float | None = None, clip: bool = True) -> Denoiser:
-        """D(x_t, t) -> x^_0 for the samplers, with classifier-free guidance when ``guidance`` is given."""
-        if guidance is not None and (self.num_classes is None or labels is None):
-            raise GenzooError("guidance needs a class-conditional model and a class label (e.g. --class 7)")
+    def denoiser(self, labels: Tensor | None = None, guidance: float | None = None, clip: bool = True,
+                 cond: Tensor | None = None) -> Denoiser:
+        """D(x_t, t) -> x^_0 for the samplers, given class labels or caption embeddings ``cond``, with
+        classifier-free guidance when ``guidance`` is given."""
+        conditioned = (self.num_classes is not None and labels is not None) or (
+            self.cond_dim is not None and cond is not None)
+        if guidance is not None and not conditioned:
+            raise GenzooError("guidance needs a condition: a class label of a class-conditional model (--class 7) or "
+                              "a prompt of a caption-conditioned one (--prompt 'a red circle')")
 
         def denoise(x: Tensor, t: int) -> Tensor:
             n = len(x)
             steps = torch.full((n,), t, dtype=torch.long, device=x.device)
+            y, c = self._labels(labels, n), self._captions(cond, n)
             if guidance is None:
-                out = self.net(x, steps, self._labels(labels, n))
+                out = self.net(x, steps, y, c)
             else:
-                y = torch.cat([self._labels(labels, n), self._labels(None, n)])
-                cond, uncond = self.net(torch.cat([x, x]), torch.cat([steps, steps]), y).chunk(2)
-                out = uncond + guidance * (cond - uncond)
+                null_y, null_c = self._labels(None, n), self._captions(None, n)
+                both = lambda a, b: None if a is None else torch.cat([a, b])  # noqa: E731
+                with_cond, without = self.net(torch.cat([x, x]), torch.cat([steps, steps]), both(y, null_y),
+                                              both(c, null_c)).chunk(2)
+                out = without + guidance * (with_cond - without)
             x0 = self.schedule.predict_x0(x, steps, out, self.config.prediction)
-            return x0.clamp(-1.0, 1.0) if clip and self.data.kind is DataKind.IMAGE else x0
+            return x0.clamp(-1.0, 1.0) if clip and self.clips_x0 else x0
 
         return denoise
 
@@ -215,29 +300,27 @@ class DDPM(GenerativeModel):
 
         def x0_hat(x: Tensor, t: Tensor) -> Tensor:
             x = x.float()
-            return self.schedule.predict_x0(x, t, self.net(x, t, self._labels(labels, len(x))), self.config.prediction)
+            out = self.net(x, t, self._labels(labels, len(x)), self._captions(None, len(x)))
+            return self.schedule.predict_x0(x, t, out, self.config.prediction)
 
         return x0_hat
 
     # ----- training ----------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, step: int, optim: Optimizers) -> dict[str, float]:
-        n = len(batch.x)
-        t = torch.randint(0, self.schedule.steps, (n,), device=batch.x.device)
-        noise = torch.randn_like(batch.x)
-        y = batch.y if self.num_classes is not None else None
-        if y is not None and self.config.label_dropout > 0:
-            drop = torch.rand(n, device=y.device) < self.config.label_dropout
-            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
-        loss = self._loss(batch, t, noise, y)
+        x0 = self.to_diffusion(batch.x)
+        n = len(x0)
+        t = torch.randint(0, self.schedule.steps, (n,), device=x0.device)
+        noise = torch.randn_like(x0)
+        y, c = self._dropped(*self._condition(batch), n)
+        loss = self._loss(x0, t, noise, y, c)
         optim.step("model", loss)
         return {"loss": loss.item()}
 
     def validation_step(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
-        n = len(batch.x)
-        t = torch.randint(0, self.schedule.steps, (n,), generator=generator).to(self.device)
-        noise = self.randn(*batch.x.shape, generator=generator)
-        y = batch.y if self.num_classes is not None else None
-        return {"val_loss": self._loss(batch, t, noise, y).item()}
+        x0 = self.to_diffusion(batch.x)
+        t = torch.randint(0, self.schedule.steps, (len(x0),), generator=generator).to(self.device)
+        noise = self.randn(*x0.shape, generator=generator)
+        return {"val_loss": self._loss(x0, t, noise, *self._condition(batch)).item()}
 
     # ----- sampling ------------------------------------------------------------------------------------------------
     def _sampler(self, options: DDPMSampleOptions, strength: float = 1.0) -> Sampler:
@@ -262,20 +345,44 @@ class DDPM(GenerativeModel):
         calls = denoiser_calls(self._sampler(options, strength), callbacks or [])
         return Cost(nfe_per_sample=calls * (2 if options.guidance is not None else 1))
 
-    def _run(self, x0: Tensor | None, n: int, generator: torch.Generator, labels: Tensor | None,
+    def _run(self, x0: Tensor | None, n: int, generator: torch.Generator, denoiser: Denoiser,
              options: DDPMSampleOptions, strength: float = 1.0, callbacks: list[Callback] | None = None) -> Tensor:
-        """Sample from pure noise (``x0`` None) or from ``x0`` (network units) noised to ``strength``."""
+        """Sample with ``denoiser`` from pure noise (``x0`` None) or from ``x0`` (network units) noised to
+        ``strength``."""
         sampler = self._sampler(options, strength)
-        noise = self.randn(n, *self.data.shape, generator=generator)
+        noise = self.randn(n, *self.diffusion_shape, generator=generator)
         start = torch.full((n,), sampler.timesteps[0], dtype=torch.long, device=self.device)
         x = noise if x0 is None else self.schedule.q_sample(x0, start, noise)
-        out = sample_loop(self.denoiser(labels, options.guidance), sampler, x,
-                          lambda shape: self.randn(*shape, generator=generator), callbacks or [])
-        return self.postprocess(out)
+        out = sample_loop(denoiser, sampler, x, lambda shape: self.randn(*shape, generator=generator), callbacks or [])
+        return self.from_diffusion(out)
 
     def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None,
                 options: DDPMSampleOptions) -> Tensor:
-        return self._run(None, n, generator, labels, options)
+        return self._run(None, n, generator, self.denoiser(labels, options.guidance), options)
+
+    def _sample_prompted(self, n: int, generator: torch.Generator, prompts: list[str],
+                         options: DDPMSampleOptions) -> Tensor:
+        """Images of the prompts, embedded by the encoder the training data used."""
+        return self._captioned(encode_prompts(self.data, prompts), generator, options)
+
+    def _captioned(self, cond: Tensor, generator: torch.Generator, options: DDPMSampleOptions) -> Tensor:
+        """One image per caption embedding (row of ``cond``)."""
+        return self._run(None, len(cond), generator, self.denoiser(None, options.guidance, cond=cond), options)
+
+    # ----- caption accuracy --------------------------------------------------------------------------------------
+    def task_metrics(self, test: Batch, generator: torch.Generator) -> dict[str, float]:
+        """On ``scenes:`` data: one image per held-out caption (the first ``len(test)``, at most
+        :data:`CAPTION_EVAL_MAX`) at guidance ``eval_guidance``, and the share whose drawn colours, shapes, sizes,
+        count, relation and all of them match the caption (:func:`genzoo.data.scenes.caption_accuracy`)."""
+        if self.cond_dim is None or "scenes" not in self.data.extra:
+            return {}
+        held_out = load_dataset(self.data.spec, options=recorded_options(self.data))
+        k = min(len(test), CAPTION_EVAL_MAX)
+        cond, texts = held_out.split("test").cond[:k], held_out.captions["test"][:k]
+        options = cast(DDPMSampleOptions, self.sample_options(guidance=self.config.eval_guidance))
+        with eval_mode(self):
+            images = torch.cat([self._captioned(part, generator, options) for part in cond.split(CAPTION_EVAL_BATCH)])
+        return caption_accuracy(images, texts)
 
     # ----- editing -------------------------------------------------------------------------------------------------
     def _edit_options(self, sampler: str = "ddpm", steps: int | None = None, **options: Any) -> DDPMSampleOptions:
@@ -304,7 +411,8 @@ class DDPM(GenerativeModel):
         labels = self.check_labels(labels, len(image))
         callbacks: list[Callback] = [] if known is None else [known, rounds]
         with eval_mode(self):
-            out = self._run(self.preprocess(image), len(image), generator, labels, options, strength, callbacks)
+            out = self._run(self.preprocess(image), len(image), generator, self.denoiser(labels, options.guidance),
+                            options, strength, callbacks)
         return out if known is None else torch.where(known.keep.bool(), image, out)
 
     def inpaint(self, x: Tensor, mask: Tensor, **options: Any) -> Tensor:

@@ -34,6 +34,8 @@ from genzoo.contract import (
     Cost,
     DataInfo,
     DataKind,
+    ExportModule,
+    ExportSpec,
     GenerativeModel,
     LogLikelihood,
     ModelConfig,
@@ -183,15 +185,25 @@ class FlowModel(GenerativeModel):
         with eval_mode(self):
             return self(x)[0]
 
+    def inverse_clamped(self, z: Tensor) -> Tensor:
+        """x = f^-1(z) in data units, continuous; images clamped to [0, 1]."""
+        x = self.inverse(z).reshape(len(z), *self.data.shape)
+        return x if self.logit is None else x.clamp(0.0, 1.0)  # vectors: their own scale
+
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
         """x = f^-1(z) in data units; images clamped to [0, 1] and rounded to the data's levels."""
         with eval_mode(self):
-            x = self.inverse(z.to(self.device)).reshape(len(z), *self.data.shape)
-        if self.logit is None:  # vectors: their own scale, no levels
+            x = self.inverse_clamped(z.to(self.device))
+        if self.logit is None or not self.levels:
             return x
-        x = x.clamp(0.0, 1.0)
-        return (x * (self.levels - 1)).round() / (self.levels - 1) if self.levels else x
+        return (x * (self.levels - 1)).round() / (self.levels - 1)
+
+    def export_module(self, batch: int, context: int | None = None) -> ExportSpec:
+        """The inverse flow z (batch, D) -> x in data units, continuous (``sample`` also snaps images to the levels)."""
+        return ExportSpec(ExportModule(self, self.inverse_clamped), {"z": torch.zeros(batch, self.data.dims)}, "x",
+                          "z ~ N(0, T^2 I); x = module(z) in data units, continuous: round images to the data's "
+                          "levels", noise=("z",))
 
     @torch.no_grad()
     def interpolate(self, a: Tensor, b: Tensor, n: int = 8) -> Tensor:

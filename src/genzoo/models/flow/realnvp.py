@@ -32,6 +32,7 @@ from genzoo.nn.flow import (
     checkerboard_mask,
 )
 from genzoo.registry import register
+from genzoo.searchspace import Choice, LogUniform, Param, Uniform
 
 
 class RealNVPConfig(FlowConfig):
@@ -46,6 +47,10 @@ class RealNVP(FlowModel):
     name = "realnvp"
     quick_steps = 800
     Config = RealNVPConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "lr": LogUniform(1e-4, 5e-3), "hidden": Choice(32, 48, 64), "dropout": Uniform(0.0, 0.3),
+        "weight_decay": LogUniform(1e-6, 1e-2),
+    }
     smoke_config: ClassVar[dict[str, Any]] = {"hidden": 8, "mlp_width": 8, "couplings": 4}
     train_defaults: ClassVar[dict[str, Any]] = FLOW_TRAIN_DEFAULTS
     config: RealNVPConfig

@@ -30,7 +30,16 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from genzoo.contract import Batch, Capability, DataInfo, DataKind, GenerativeModel, ModelConfig
+from genzoo.contract import (
+    Batch,
+    Capability,
+    DataInfo,
+    DataKind,
+    ExportModule,
+    ExportSpec,
+    GenerativeModel,
+    ModelConfig,
+)
 from genzoo.errors import ConfigError
 from genzoo.metrics.mmd import generator_validation
 from genzoo.nn.gan import classifier_accuracy, critic_accuracy, diff_augment, mean_pairwise_distance
@@ -130,4 +139,17 @@ class GAN(GenerativeModel):
 
     def _sample(self, n: int, generator: torch.Generator, labels: Tensor | None, options: Any) -> Tensor:
         z = self.randn(n, self.config.latent_dim, generator=generator)
-        return self.postprocess(self.synthesize(z, labels).view(n, *self.data.shape))
+        return self.generate_from(z, labels)
+
+    def generate_from(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """x = G(z) in data units."""
+        return self.postprocess(self.synthesize(z, labels).view(len(z), *self.data.shape))
+
+    def export_module(self, batch: int, context: int | None = None) -> ExportSpec:
+        """G as a network z (batch, latent_dim) [, labels (batch,)] -> x in data units."""
+        inputs = {"z": torch.zeros(batch, self.config.latent_dim)}
+        sampling = "z ~ N(0, I); x = module(z) in data units"
+        if Capability.CONDITIONAL_SAMPLE in self.capabilities:
+            inputs["labels"] = torch.arange(batch) % self.data.num_classes
+            sampling = f"z ~ N(0, I), labels in 0..{self.data.num_classes - 1}; x = module(z, labels) in data units"
+        return ExportSpec(ExportModule(self, self.generate_from), inputs, "x", sampling, noise=("z",))

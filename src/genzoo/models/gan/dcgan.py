@@ -16,6 +16,8 @@ is sensitive to local structure; see :mod:`genzoo.metrics.mmd`).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -25,6 +27,7 @@ from genzoo.contract import Batch, DataInfo, DataKind, Optimizers
 from genzoo.models.gan.base import GAN, GANConfig
 from genzoo.nn.gan import discriminator_net, generator_net
 from genzoo.registry import register
+from genzoo.searchspace import Choice, LogUniform, Param
 
 
 class DCGANConfig(GANConfig):
@@ -51,6 +54,10 @@ class DCGAN(GAN):
     name = "dcgan"
     quick_steps = 1000
     Config = DCGANConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "lr": LogUniform(5e-5, 2e-3), "latent_dim": Choice(16, 32, 64, 128), "width": Choice(16, 32, 64),
+        "diffaugment": Choice(False, True),
+    }
     config: DCGANConfig
 
     def __init__(self, config: DCGANConfig, data: DataInfo) -> None:

@@ -34,7 +34,16 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from genzoo.contract import Batch, DataInfo, DataKind, Optimizers, SampleOptions, eval_mode
+from genzoo.contract import (
+    Batch,
+    DataInfo,
+    DataKind,
+    ExportModule,
+    ExportSpec,
+    Optimizers,
+    SampleOptions,
+    eval_mode,
+)
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.models.gan.base import GAN, GANConfig
 from genzoo.nn.conv import resolution_levels
@@ -292,6 +301,20 @@ class StyleGAN(GAN):
             z_mix = self.randn(n, self.config.latent_dim, generator=mix_generator)
         x = self.generator(z, z_mix, self._mix_layer(options), options.truncation, options.noise, generator)
         return self.postprocess(x)
+
+    def export_module(self, batch: int, context: int | None = None) -> ExportSpec:
+        """G with its noise maps as inputs: z (batch, latent_dim), noise_0 .. noise_L-1 (batch, 1, H_l, W_l) -> x in
+        data units (no truncation, no mixing: sampling options stay in Python)."""
+        maps = self.generator.synthesis.noise(batch, torch.Generator())
+        inputs = {"z": torch.zeros(batch, self.config.latent_dim)} | {f"noise_{i}": m for i, m in enumerate(maps)}
+        return ExportSpec(ExportModule(self, self.generate_with_noise), inputs, "x",
+                          "z ~ N(0, I), then each noise_l ~ N(0, I) in layer order; x = module(z, *noise) in data "
+                          "units",
+                          noise=tuple(inputs))
+
+    def generate_with_noise(self, z: Tensor, *noise: Tensor) -> Tensor:
+        """x = G(z) in data units with the given per-layer noise maps."""
+        return self.postprocess(self.generator.synthesis(self.generator.styles(z), list(noise)))
 
     def mix(self, seed_a: int, seed_b: int, at: int, **options: Any) -> Tensor:
         """Style mixing: seed A's styles on layers 0 .. at - 1 (coarse), seed B's from ``at`` on (fine), seed A's

@@ -19,6 +19,7 @@ and held-out examples in network units, as for DCGAN.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from pydantic import Field
@@ -28,6 +29,7 @@ from genzoo.contract import Batch, DataInfo, Optimizers
 from genzoo.models.gan.base import GAN, GANConfig
 from genzoo.nn.gan import discriminator_net, generator_net
 from genzoo.registry import register
+from genzoo.searchspace import Choice, IntRange, LogUniform, Param
 
 
 class WGANGPConfig(GANConfig):
@@ -59,6 +61,10 @@ class WGANGP(GAN):
     scores_are_logits = False
     quick_steps = 1000
     Config = WGANGPConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "lr": LogUniform(5e-5, 2e-3), "n_critic": IntRange(1, 5), "gp_weight": LogUniform(1.0, 20.0),
+        "latent_dim": Choice(16, 32, 64, 128), "width": Choice(16, 32, 64),
+    }
     config: WGANGPConfig
 
     def __init__(self, config: WGANGPConfig, data: DataInfo) -> None:

@@ -30,6 +30,7 @@ from genzoo.models.autoregressive.sequence import TokenSequenceModel
 from genzoo.nn.lora import apply_lora
 from genzoo.nn.transformer import KV, Block, Rotary, init_weights
 from genzoo.registry import register
+from genzoo.searchspace import Choice, IntRange, LogUniform, Param, Uniform
 
 
 @register
@@ -39,7 +40,12 @@ class GPT(TokenSequenceModel):
     name = "gpt"
     quick_steps = 600
     family = "transformer"
+    export_module = TokenSequenceModel.causal_export  # next-token logits over a fixed window
     smoke_config: ClassVar[dict[str, Any]] = {"layers": 1, "heads": 2, "width": 16}
+    search_space: ClassVar[dict[str, Param]] = {
+        "lr": LogUniform(3e-4, 1e-2), "layers": IntRange(2, 6), "width": Choice(64, 128, 192),
+        "dropout": Uniform(0.0, 0.2), "weight_decay": Uniform(0.0, 0.2),
+    }
     #: bf16 autocast while training where the hardware computes bf16 natively (the trainer's ``precision``)
     train_defaults: ClassVar[dict[str, Any]] = {**TokenSequenceModel.train_defaults, "precision": "auto"}
 

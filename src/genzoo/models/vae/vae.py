@@ -34,6 +34,8 @@ from genzoo.contract import (
     Capability,
     DataInfo,
     DataKind,
+    ExportModule,
+    ExportSpec,
     GenerativeModel,
     LogLikelihood,
     ModelConfig,
@@ -44,6 +46,7 @@ from genzoo.errors import ConfigError
 from genzoo.nn import ConvDecoder, ConvEncoder, mlp
 from genzoo.nn.discrete import discretized_logistic_log_prob
 from genzoo.registry import register
+from genzoo.searchspace import Choice, LogUniform, Param, Uniform
 
 Likelihood = Literal["auto", "bernoulli", "categorical", "logistic", "gaussian"]
 
@@ -82,6 +85,10 @@ class VAE(GenerativeModel):
     quick_steps = 500
     family = "vae"
     Config = VAEConfig
+    search_space: ClassVar[dict[str, Param]] = {
+        "lr": LogUniform(3e-4, 1e-2), "latent_dim": Choice(4, 8, 16, 32), "width": Choice(16, 32, 64),
+        "beta": Uniform(0.5, 2.0),
+    }
     data_kinds = frozenset({DataKind.IMAGE, DataKind.VECTOR})
     base_capabilities = frozenset({Capability.SAMPLE, Capability.LIKELIHOOD_BOUND, Capability.ENCODE,
                                    Capability.DECODE, Capability.RECONSTRUCT, Capability.INTERPOLATE})
@@ -232,6 +239,11 @@ class VAE(GenerativeModel):
         if options.mode == "mean":
             return self.decode(z)
         return self._draw(self._decoder_params(z), generator).reshape(n, *self.data.shape)
+
+    def export_module(self, batch: int, context: int | None = None) -> ExportSpec:
+        """The decoder's mean: z (batch, latent_dim) -> E[x|z] in data units (``mode='mean'`` sampling)."""
+        return ExportSpec(ExportModule(self, self.decode), {"z": torch.zeros(batch, self.config.latent_dim)}, "x",
+                          "z ~ N(0, I); x = module(z), the mean of p(x|z), in data units", noise=("z",))
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
