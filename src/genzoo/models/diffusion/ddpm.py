@@ -95,13 +95,13 @@ def caption_dim(data: DataInfo, model: str) -> int | None:
     return int(record["dim"])
 
 
-class DDPMConfig(ModelConfig):
+class UNetDiffusionConfig(ModelConfig):
+    """The forward process and the U-Net denoiser: shared by the diffusion models of this family."""
+
     timesteps: int = Field(1000, ge=2, description="T, steps of the forward process")
     schedule: ScheduleName = Field("cosine", description="noise schedule: cosine (Nichol & Dhariwal) or linear "
                                    "(Ho et al.)")
     prediction: Prediction = Field("v", description="what the network predicts: eps, or v = alpha eps - sigma x_0")
-    denoiser: Literal["unet", "dit"] = Field("unet", description="image denoiser: unet, or dit (a diffusion "
-                                             "transformer); vector data always uses the residual MLP")
     width: int = Field(32, ge=4, description="U-Net: base channels")
     channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2], min_length=1,
                                     description="U-Net: channels per resolution level, in units of width")
@@ -109,6 +109,11 @@ class DDPMConfig(ModelConfig):
     attention_below: int = Field(8, ge=0, description="U-Net: self-attention at levels whose larger side is at "
                                  "most this")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="U-Net: dropout in the residual blocks")
+
+
+class DDPMConfig(UNetDiffusionConfig):
+    denoiser: Literal["unet", "dit"] = Field("unet", description="image denoiser: unet, or dit (a diffusion "
+                                             "transformer); vector data always uses the residual MLP")
     patch: int = Field(2, ge=1, description="DiT: patch side in pixels (must divide the image sides)")
     dit_width: int = Field(96, ge=4, description="DiT: token width (a multiple of 4 and of dit_heads)")
     dit_depth: int = Field(4, ge=1, description="DiT: transformer blocks")

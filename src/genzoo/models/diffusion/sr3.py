@@ -28,15 +28,15 @@ from genzoo.contract import (
     DataInfo,
     DataKind,
     GenerativeModel,
-    ModelConfig,
     Optimizers,
     SampleOptions,
     eval_mode,
 )
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.metrics.fidelity import psnr, ssim
+from genzoo.models.diffusion.ddpm import UNetDiffusionConfig
 from genzoo.models.diffusion.samplers import Denoiser, SamplerName, denoiser_calls, make_sampler, sample_loop
-from genzoo.models.diffusion.schedules import Prediction, Schedule, ScheduleName
+from genzoo.models.diffusion.schedules import Schedule
 from genzoo.nn.unet import UNet
 from genzoo.registry import register
 
@@ -44,19 +44,9 @@ from genzoo.registry import register
 METRIC_EXAMPLES = 256
 
 
-class SR3Config(ModelConfig):
+class SR3Config(UNetDiffusionConfig):
     factor: int = Field(4, ge=2, description="upscaling factor f: the model maps (H / f, W / f) images to (H, W); "
                         "f must divide the data's height and width")
-    timesteps: int = Field(1000, ge=2, description="T, steps of the forward process")
-    schedule: ScheduleName = Field("cosine", description="noise schedule: cosine or linear")
-    prediction: Prediction = Field("v", description="what the network predicts: eps, or v = alpha eps - sigma x_0")
-    width: int = Field(32, ge=4, description="U-Net: base channels")
-    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2], min_length=1,
-                                    description="U-Net: channels per resolution level, in units of width")
-    num_res_blocks: int = Field(1, ge=1, description="U-Net: residual blocks per level")
-    attention_below: int = Field(8, ge=0, description="U-Net: self-attention at levels whose larger side is at "
-                                 "most this")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="U-Net: dropout in the residual blocks")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
 
 
