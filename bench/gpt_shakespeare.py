@@ -1,17 +1,18 @@
 """Tiny Shakespeare, character level: genzoo's ``gpt`` against a plain nanoGPT-style reference, in one process.
 
 Configuration (the one the widely used reference documents for CPUs): 4 layers, 4 heads, width 128, context 64,
-batch 12, 2000 iterations, dropout 0; first 90% of the characters train, the last 10% validate. The reference is a
-straightforward implementation written below (learned positions, biases, weight tying, SDPA attention, AdamW lr 1e-3
-with 100 warm-up steps and cosine decay to 1e-4, gradient clipping 1.0, no torch.compile). genzoo's ``gpt`` trains
-with the trainer's pieces (batches by step, warm-up + cosine schedule, ``Optimizers``). The loops alternate in chunks
-of 50 steps so that each sees the same machine load (the machine may be shared); genzoo's steps run under the
-trainer's mixed precision (``precision``: gpt's default ``auto`` = bf16 autocast where the CPU has native bf16).
-Also: ``gpt`` in fp32 (``precision="fp32"``), the ``lstm`` at a similar parameter count, generation tokens/s with
-and without the KV cache, and achieved FLOP/s (from ``model.cost()``) as a fraction of this machine's measured fp32
-matmul peak.
+batch 12, 2000 iterations, dropout 0; first 90% of the characters train, the last 10% validate. genzoo's ``gpt`` has
+the same shape and trains on the same token budget at its own batch (``--batch``; iterations = 2000 * 12 / batch).
+The reference is a straightforward implementation written below (learned positions, biases, weight tying, SDPA
+attention, AdamW lr 1e-3 with 100 warm-up steps and cosine decay to 1e-4, gradient clipping 1.0, no torch.compile).
+genzoo's ``gpt`` trains with the trainer's pieces (batches by step, warm-up + cosine schedule, ``Optimizers``). The
+loops alternate in 40 turns of equal shares of their tokens so that each sees the same machine load (the machine may
+be shared); genzoo's steps run under the trainer's mixed precision (``precision``: gpt's default ``auto`` = bf16
+autocast where the CPU has native bf16; then ``gpt`` in fp32 is measured too). Also: the ``lstm`` at a similar
+parameter count, generation tokens/s with and without the KV cache (one sequence, and a batch of 64), and achieved
+FLOP/s (from ``model.cost()``) as a fraction of this machine's measured fp32 matmul peak.
 
-    python bench/gpt_shakespeare.py [--data ../shared/data/tinyshakespeare.txt] [--iters 2000]
+    python bench/gpt_shakespeare.py [--data ../shared/data/tinyshakespeare.txt] [--iters 2000] [--batch 48]
 
 Writes bench/results/gpt_shakespeare.json.
 """
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import genzoo
-from genzoo.contract import Optimizers
+from genzoo.contract import Optimizers, parse_override
 from genzoo.data import DataOptions
 from genzoo.data.text import text_dataset
 from genzoo.metrics.text import generation_speed
@@ -120,13 +121,13 @@ class Ours:
     trainer's autocast for its ``precision`` setting: the model's default unless given)."""
 
     def __init__(self, name: str, dataset: genzoo.Dataset, iters: int, precision: str | None = None,
-                 **hparams: object) -> None:
+                 batch: int = BATCH, **hparams: object) -> None:
         torch.manual_seed(0)
-        self.model, self.dataset, self.step = genzoo.create(name, dataset, **hparams), dataset, 0
+        self.model, self.dataset, self.step, self.batch = genzoo.create(name, dataset, **hparams), dataset, 0, batch
         self.optimizers = self.model.configure_optimizers()
         self.optim = Optimizers(self.optimizers, grad_clip=1.0)
         settings = {**model_class(name).train_defaults, "steps": iters, "warmup_steps": 100, "lr_schedule": "cosine",
-                    "batch_size": BATCH}
+                    "batch_size": batch}
         self.cfg = TrainConfig(**settings | ({} if precision is None else {"precision": precision}))
         self.schedule = LRSchedule(self.cfg.lr_schedule, self.cfg.warmup_steps, self.cfg.steps)
         self.dtype = autocast_dtype(self.cfg.precision, self.model.device)
@@ -139,19 +140,21 @@ class Ours:
             for opt, lrs in zip(self.optimizers.values(), self.base_lr, strict=True):
                 for group, lr in zip(opt.param_groups, lrs, strict=True):
                     group["lr"] = lr * factor
-            batch = self.dataset.batch_at(self.step, BATCH, 0)
+            batch = self.dataset.batch_at(self.step, self.batch, 0)
             with torch.autocast(self.model.device.type, dtype=self.dtype) if self.dtype else nullcontext():
                 self.model.training_step(batch, self.step, self.optim)
             self.step += 1
 
 
-def interleaved(trainers: dict[str, Reference | Ours], iters: int, chunk: int = 50) -> dict[str, float]:
-    """Train all for ``iters`` steps, alternating chunks so that each sees the same machine load; seconds each."""
+def interleaved(trainers: dict[str, Reference | Ours], iters: dict[str, int], chunks: int = 40) -> dict[str, float]:
+    """Train each for its ``iters`` steps in ``chunks`` alternating turns (equal shares of each one's tokens), so
+    that all see the same machine load; seconds each."""
     seconds = dict.fromkeys(trainers, 0.0)
-    for done in range(0, iters, chunk):
+    for turn in range(chunks):
         for name, trainer in trainers.items():
+            steps = iters[name] * (turn + 1) // chunks - iters[name] * turn // chunks
             start = time.perf_counter()
-            trainer.run(min(chunk, iters - done))
+            trainer.run(steps)
             seconds[name] += time.perf_counter() - start
     return seconds
 
@@ -202,24 +205,25 @@ def machine() -> dict:
             "python": platform.python_version(), "load_average_1m": os.getloadavg()[0]}
 
 
-def gen_speed(model: genzoo.GenerativeModel, use_cache: bool, repeats: int = 5) -> float:
-    """Median tokens/s generating 63 tokens (one context window after BOS) for one sequence."""
-    speeds = sorted(generation_speed(model, CONTEXT - 1, use_cache=use_cache, seed=i) for i in range(repeats))
+def gen_speed(model: genzoo.GenerativeModel, use_cache: bool, batch: int = 1, repeats: int = 5) -> float:
+    """Median tokens/s generating 63 tokens (one context window after BOS) for ``batch`` sequences at once."""
+    speeds = sorted(generation_speed(model, CONTEXT - 1, batch, use_cache=use_cache, seed=i) for i in range(repeats))
     return speeds[len(speeds) // 2]
 
 
-def ours_row(trainer: Ours, seconds: float, iters: int, val: Tensor, peak: float) -> dict:
-    model = trainer.model
+def ours_row(trainer: Ours, seconds: float, val: Tensor, peak: float) -> dict:
+    model, iters = trainer.model, trainer.step
     val_all, val_ctx = genzoo_val_loss(model, val)
-    tokens = iters * BATCH * CONTEXT
-    row = {"val_loss": val_all, "val_loss_with_context": val_ctx, "train_seconds": seconds,
-           "tokens_per_s": tokens / seconds, "params": model.num_parameters(),
-           "gen_tokens_per_s_cache": gen_speed(model, True), "gen_tokens_per_s_no_cache": gen_speed(model, False)}
+    tokens = iters * trainer.batch * CONTEXT
+    row = {"batch": trainer.batch, "iters": iters, "val_loss": val_all, "val_loss_with_context": val_ctx,
+           "train_seconds": seconds, "tokens_per_s": tokens / seconds, "params": model.num_parameters(),
+           "gen_tokens_per_s_cache": gen_speed(model, True), "gen_tokens_per_s_no_cache": gen_speed(model, False),
+           "gen_tokens_per_s_batch64_cache": gen_speed(model, True, batch=64, repeats=3)}
     row["precision"] = trainer.cfg.precision  # the trainer setting, and what it resolved to on this machine:
     row["autocast_dtype"] = None if trainer.dtype is None else str(trainer.dtype).removeprefix("torch.")
     train_flops = model.cost().train_flops_per_example
     if train_flops is not None:
-        row["achieved_gflops"] = train_flops * iters * BATCH / seconds / 1e9
+        row["achieved_gflops"] = train_flops * iters * trainer.batch / seconds / 1e9
         row["fraction_of_fp32_peak"] = row["achieved_gflops"] / peak
     return row
 
@@ -229,6 +233,10 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"))
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    parser.add_argument("--batch", type=int, default=BATCH, help="genzoo's batch (its iterations keep the "
+                        "reference's token budget: iters * 12 / batch)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a gpt hyperparameter for genzoo's rows (as genzoo train --set)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpt_shakespeare.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -243,37 +251,44 @@ def main() -> None:
     result["machine"]["matmul_peak_gflops_fp32"] = peak = matmul_peak()
     print(f"fp32 matmul peak {peak:.1f} GFLOP/s", flush=True)
 
-    trainers = {"reference": Reference(train, vocab, args.iters), "gpt": Ours("gpt", dataset, args.iters, **size),
-                "gpt_fp32": Ours("gpt", dataset, args.iters, precision="fp32", **size)}
-    seconds = interleaved(trainers, args.iters)
+    ours_iters = args.iters * BATCH // args.batch  # the reference's token budget
+    hparams = size | dict(parse_override(item) for item in args.overrides)
+    trainers: dict[str, Reference | Ours] = {"reference": Reference(train, vocab, args.iters),
+                                             "gpt": Ours("gpt", dataset, ours_iters, batch=args.batch, **hparams)}
+    if trainers["gpt"].dtype is not None:  # mixed precision on this CPU: also measure without it
+        trainers["gpt_fp32"] = Ours("gpt", dataset, ours_iters, precision="fp32", batch=args.batch, **hparams)
+    seconds = interleaved(trainers, {name: args.iters if name == "reference" else ours_iters for name in trainers})
     ref = trainers["reference"].model
     ref_tokens_s = args.iters * BATCH * CONTEXT / seconds["reference"]
     # the same matmuls as the reference: training FLOPs per example (window) times the windows trained on
     flops = trainers["gpt"].model.cost().train_flops_per_example * args.iters * BATCH
-    result["reference"] = {"val_loss": reference_val_loss(ref, val), "train_seconds": seconds["reference"],
-                           "tokens_per_s": ref_tokens_s, "params": sum(p.numel() for p in ref.parameters()),
+    result["reference"] = {"batch": BATCH, "iters": args.iters, "val_loss": reference_val_loss(ref, val),
+                           "train_seconds": seconds["reference"], "tokens_per_s": ref_tokens_s,
+                           "params": sum(p.numel() for p in ref.parameters()),
                            "fraction_of_fp32_peak": flops / seconds["reference"] / 1e9 / peak}
     print("reference", result["reference"], flush=True)
-    for name in ("gpt", "gpt_fp32"):
-        result[name] = ours_row(trainers[name], seconds[name], args.iters, val, peak)
-        result[name]["speedup_vs_reference"] = seconds["reference"] / seconds[name]
+    for name in trainers.keys() - {"reference"}:
+        result[name] = ours_row(trainers[name], seconds[name], val, peak)
+        result[name]["tokens_per_s_vs_reference"] = result[name]["tokens_per_s"] / ref_tokens_s
         print(name, result[name], flush=True)
 
-    # equal wall-clock: as many steps as fit in the reference's training time at the measured speed ratio
-    steps = int(args.iters * seconds["reference"] / seconds["gpt"])
-    trainer = Ours("gpt", dataset, steps, **size)
+    # equal wall-clock: as many steps as fit in the reference's training time at the measured speed ratio (the
+    # schedule spans them all)
+    steps = int(ours_iters * seconds["reference"] / seconds["gpt"])
+    trainer = Ours("gpt", dataset, steps, batch=args.batch, **hparams)
     start = time.perf_counter()
     trainer.run(steps)
     val_all, val_ctx = genzoo_val_loss(trainer.model, val)
-    result["gpt_equal_wallclock"] = {"steps": steps, "val_loss": val_all, "val_loss_with_context": val_ctx,
-                                     "train_seconds": time.perf_counter() - start}
+    result["gpt_equal_wallclock"] = {"batch": args.batch, "steps": steps, "val_loss": val_all,
+                                     "val_loss_with_context": val_ctx, "train_seconds": time.perf_counter() - start,
+                                     "reference_train_seconds": seconds["reference"]}
     print("gpt equal wall-clock", result["gpt_equal_wallclock"], flush=True)
 
     # LSTM at a similar parameter count (~0.9M)
     trainer = Ours("lstm", dataset, args.iters, layers=2, width=256, embed_dim=64)
     start = time.perf_counter()
     trainer.run(args.iters)
-    result["lstm"] = ours_row(trainer, time.perf_counter() - start, args.iters, val, peak)
+    result["lstm"] = ours_row(trainer, time.perf_counter() - start, val, peak)
     print("lstm", result["lstm"], flush=True)
 
     result["machine"]["load_average_1m_end"] = os.getloadavg()[0]

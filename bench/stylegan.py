@@ -2,9 +2,10 @@
 
 Protocol: each model trains on the data with its defaults (plus any --set), seed 0, for the same number of training
 steps (--steps) or the same wall-clock budget (--budget; on a shared machine, read it with the steps and steps/s it
-bought). Its best checkpoint by the validation metric (val_mmd on the EMA generator) is scored by `genzoo eval`
-(seed 0, n samples against the held-out split, in the feature space of the evaluation classifier of the data); for
-stylegan, also with each --truncation psi. Writes bench/results/<name>.json and prints a markdown table.
+bought). Each of --checkpoints is scored by `genzoo eval` (seed 0, n samples against the held-out split, in the
+feature space of the evaluation classifier of the data), EMA generator: ``best`` by the validation metric (val_mmd,
+an MMD in pixel space, which on MNIST picks early checkpoints) and ``last``; for stylegan, also with each
+--truncation psi. Writes bench/results/<name>.json and prints a markdown table.
 
     python bench/stylegan.py --data digits --steps 1500 --name stylegan_digits_steps
     python bench/stylegan.py --data mnist:../shared/data --budget 10m --name stylegan_mnist_10m
@@ -47,24 +48,27 @@ def train_and_measure(name: str, args: argparse.Namespace, folder: Path) -> list
     if name == "stylegan":
         options += [{"truncation": psi} for psi in args.truncation]
     results = []
-    for opts in options:
-        result = genzoo.evaluate(run, seed=0, n=args.n, report=False, sample_options=opts)
-        row = result["rows"]["model"]
-        results.append({"model": name, "sample_options": opts, "training": training,
-                        "checkpoint": result["checkpoint"], "samples_per_s": row["cost"]["samples_per_s"],
-                        "parameters": result.get("parameters"), **{k: row.get(k) for k in METRICS},
-                        "reference_fd": result["rows"]["reference"]["fd"]})
+    for checkpoint in args.checkpoints:
+        model = genzoo.load(run, checkpoint=checkpoint)
+        for opts in options:
+            result = genzoo.evaluate(model, seed=0, n=args.n, report=False, sample_options=opts)
+            row = result["rows"]["model"]
+            results.append({"model": name, "sample_options": opts, "training": training,
+                            "checkpoint": {"checkpoint": checkpoint, **result["checkpoint"]},
+                            "samples_per_s": row["cost"]["samples_per_s"], "parameters": result.get("parameters"),
+                            **{k: row.get(k) for k in METRICS}, "reference_fd": result["rows"]["reference"]["fd"]})
     return results
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    head = ["model", "options", "steps", "train steps/s", "best @ step", "FD ↓", "KID ↓", "precision", "recall",
+    head = ["model", "options", "steps", "train steps/s", "checkpoint @ step", "FD ↓", "KID ↓", "precision", "recall",
             "samples/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         opts = ", ".join(f"{k}={v}" for k, v in r["sample_options"].items()) or "–"
         cells = [f"`{r['model']}`", opts, str(r["training"]["steps"]), f"{r['training']['steps_per_s'] or 0:.2f}",
-                 str(r["checkpoint"].get("step")), f"{r['fd']:.3f}", f"{r['kid']:.4f}", f"{r['precision']:.3f}",
+                 f"{r['checkpoint']['checkpoint']} @ {r['checkpoint'].get('step')}",
+                 f"{r['fd']:.3f}", f"{r['kid']:.4f}", f"{r['precision']:.3f}",
                  f"{r['recall']:.3f}", f"{r['samples_per_s']:,.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -79,6 +83,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--set", nargs="*", default=[], metavar="MODEL:KEY=VALUE", help="a model's hyperparameter")
     parser.add_argument("--truncation", nargs="*", type=float, default=[0.7], help="stylegan psi values to score too")
+    parser.add_argument("--checkpoints", nargs="+", choices=("best", "last"), default=["best", "last"],
+                        help="checkpoints of each run to score")
     parser.add_argument("--n", type=int, default=1000, help="samples per evaluation")
     parser.add_argument("--name", default="stylegan_digits", help="result file name in bench/results/")
     parser.add_argument("--keep", type=Path, help="keep the runs in this folder (default: a temporary one)")

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from genzoo.errors import RunDirError
+from genzoo.errors import DataError, RunDirError
 
 
 def cache_dir() -> Path:
@@ -201,3 +201,18 @@ def save_array(path: Path, array: Tensor) -> Path:
     np.save(buffer, array.detach().cpu().numpy(), allow_pickle=False)
     atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)
+
+
+def json_line_strings(line: str, where: str, keys: tuple[str, ...], hint: str = "") -> list[str]:
+    """The string values of ``keys`` in one JSON-lines record (an object); one clear error naming ``where`` (file
+    and line) otherwise, followed by ``hint``."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not valid JSON ({err.msg})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a JSON line must be an object with {', '.join(repr(k) for k in keys)}")
+    for key in keys:
+        if not isinstance(record.get(key), str):
+            raise DataError(f"{where}: no string field '{key}'{hint}")
+    return [record[key] for key in keys]

@@ -19,7 +19,6 @@ path); ``<pad>`` and ``</s>`` are added to it unless it has them (a T5 tokenizer
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from genzoo.contract import Batch, DataInfo, DataKind
 from genzoo.data.base import SPLITS, TensorDataset, split_tensors
 from genzoo.data.specs import DataOptions, register_loader
 from genzoo.errors import DataError
+from genzoo.io import json_line_strings
 from genzoo.tokenizer import Tokenizer, build_tokenizer
 
 PAD, EOS = "<pad>", "</s>"
@@ -65,16 +65,9 @@ def read_pairs(path: Path, options: DataOptions) -> list[Pair]:
 
 
 def _json_pair(line: str, where: str, options: DataOptions) -> Pair:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{where}: not valid JSON ({err.msg})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: a JSON line must be an object with '{options.input}' and '{options.target}'")
-    for key in (options.input, options.target):
-        if not isinstance(record.get(key), str):
-            raise DataError(f"{where}: no string field '{key}' (name the fields with #input=FIELD,target=FIELD)")
-    return record[options.input], record[options.target]
+    source, target = json_line_strings(line, where, (options.input, options.target),
+                                       " (name the fields with #input=FIELD,target=FIELD)")
+    return source, target
 
 
 def _tsv_pair(line: str, where: str, options: DataOptions) -> Pair:

@@ -8,11 +8,11 @@ text: no character is lost. Chunks that are only whitespace are dropped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from genzoo.errors import DataError
+from genzoo.io import json_line_strings
 
 #: document suffixes ``genzoo index build`` reads (``.jsonl``: one JSON object per line with a ``text`` field)
 DOCUMENT_SUFFIXES = (".txt", ".md", ".jsonl")
@@ -76,10 +76,4 @@ def read_documents(directory: str | Path, field: str = "text") -> dict[str, str]
 
 
 def _json_text(line: str, where: str, field: str) -> str:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{where}: not valid JSON ({err.msg})") from None
-    if not isinstance(record, dict) or not isinstance(record.get(field), str):
-        raise DataError(f"{where}: no string field '{field}'")
-    return record[field]
+    return json_line_strings(line, where, (field,))[0]

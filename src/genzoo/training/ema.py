@@ -28,8 +28,8 @@ class EMA:
     @torch.no_grad()
     def update(self, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for key, param in self.params.items():
-            self.shadow[key].lerp_(param.detach(), 1.0 - d)
+        # one foreach call instead of a kernel launch per tensor (same arithmetic)
+        torch._foreach_lerp_(list(self.shadow.values()), [p.detach() for p in self.params.values()], 1.0 - d)
 
     @contextmanager
     def applied(self) -> Iterator[None]:

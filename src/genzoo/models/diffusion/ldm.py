@@ -34,6 +34,10 @@ from genzoo.registry import register
 
 
 class LDMConfig(DDPMConfig):
+    # the latent U-Net keeps the sizes its benchmark was measured with (bench/ldm.py)
+    width: int = Field(32, ge=4, description="U-Net: base channels")
+    attention_below: int = Field(8, ge=0, description="U-Net: self-attention at levels whose larger side is at most "
+                                 "this (and always in the middle block)")
     latent_channels: int = Field(4, ge=1, description="autoencoder: channels of the latent grid")
     downsample: int = Field(2, ge=0, description="autoencoder: halvings of the image sides down to the latent grid "
                             "(fewer when a side stops being even or would drop below 2)")
