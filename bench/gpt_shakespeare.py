@@ -253,6 +253,7 @@ def main() -> None:
 
     ours_iters = args.iters * BATCH // args.batch  # the reference's token budget
     hparams = size | dict(parse_override(item) for item in args.overrides)
+    result["config"]["gpt"] = {"batch": args.batch, "iters": ours_iters, "hparams": hparams}
     trainers: dict[str, Reference | Ours] = {"reference": Reference(train, vocab, args.iters),
                                              "gpt": Ours("gpt", dataset, ours_iters, batch=args.batch, **hparams)}
     if trainers["gpt"].dtype is not None:  # mixed precision on this CPU: also measure without it
