@@ -1,4 +1,5 @@
-"""Shared by the bench scripts: machine description and writing results to bench/results/<name>.json."""
+"""Shared by the bench scripts: machine description, training speed measured in turns, and writing results to
+bench/results/<name>.json."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +43,18 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def steps_per_s_in_turns(steps_of: dict[str, Callable[[int], None]], steps: int, rounds: int) -> dict[str, float]:
+    """Training steps/s of each ``step(i)`` callable, measured in alternating turns of ``steps`` steps (after one
+    warm-up step each), so a changing load on the machine slows every contestant alike."""
+    for step in steps_of.values():
+        step(0)
+    seconds = dict.fromkeys(steps_of, 0.0)
+    for r in range(rounds):
+        for name, step in steps_of.items():
+            start = time.perf_counter()
+            for i in range(steps):
+                step(1 + r * steps + i)
+            seconds[name] += time.perf_counter() - start
+    return {name: steps * rounds / s for name, s in seconds.items()}

@@ -42,7 +42,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import genzoo
-from common import write_result
+from common import steps_per_s_in_turns, write_result
 from genzoo.contract import Optimizers, parse_override
 from genzoo.eval.protocol import compare_sets
 from genzoo.eval.runner import REAL_SEED
@@ -126,20 +126,6 @@ def genzoo_step(model: genzoo.GenerativeModel, data: genzoo.Dataset) -> Callable
         ema.update(i)
 
     return step
-
-
-def turns(steps_of: dict[str, Callable[[int], None]], steps: int, rounds: int) -> dict[str, float]:
-    """Training steps/s of each, measured in alternating turns (after one warm-up step each)."""
-    for step in steps_of.values():
-        step(0)
-    seconds = dict.fromkeys(steps_of, 0.0)
-    for r in range(rounds):
-        for name, step in steps_of.items():
-            start = time.perf_counter()
-            for i in range(steps):
-                step(1 + r * steps + i)
-            seconds[name] += time.perf_counter() - start
-    return {name: steps * rounds / s for name, s in seconds.items()}
 
 
 def train_baseline(data: genzoo.Dataset, seconds: float, seed: int) -> tuple[Baseline, float]:
@@ -231,7 +217,7 @@ def main() -> None:
     overrides = dict(parse_override(item) for item in args.overrides)
     hparams = {k: v for k, v in overrides.items() if k in model_class("ddpm").Config.model_fields}
 
-    speed = turns({"genzoo": genzoo_step(genzoo.create("ddpm", data, **hparams), data),
+    speed = steps_per_s_in_turns({"genzoo": genzoo_step(genzoo.create("ddpm", data, **hparams), data),
                    "baseline": Baseline(data.info.shape, args.seed).step_on(data)}, args.speed_steps, 3)
     print(f"training steps/s in turns: genzoo {speed['genzoo']:.2f}, baseline {speed['baseline']:.2f} "
           f"({speed['genzoo'] / speed['baseline']:.2f}x)", flush=True)

@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import genzoo
-from common import write_result
+from common import steps_per_s_in_turns, write_result
 from genzoo.contract import Optimizers, parse_override
 from genzoo.eval.features import feature_space
 from genzoo.metrics.frechet import frechet_distance
@@ -44,20 +45,18 @@ def logged_steps_per_s(run: Path) -> float | None:
 def interleaved_steps_per_s(runs: dict[str, Path], steps: int, rounds: int) -> dict[str, float]:
     """Training steps/s of each run's model (fresh weights, its hyperparameters, batch 128) measured in turns in
     this process, so a changing load slows every denoiser alike."""
-    models, data = {}, None
+    step_of, data = {}, None
     for name, run in runs.items():
         config = genzoo.read_config(run)
         data = data or genzoo.load_dataset(config["data"]["spec"], image_size=config["data"].get("image_size"))
-        models[name] = genzoo.create("ddpm", data.info, **config["hparams"])
-    seconds = dict.fromkeys(runs, 0.0)
-    for _ in range(rounds):
-        for name, model in models.items():
-            optim = Optimizers(model.configure_optimizers())
-            start = time.perf_counter()
-            for step in range(steps):
-                model.training_step(data.batch_at(step, 128, seed=0), step, optim)
-            seconds[name] += time.perf_counter() - start
-    return {name: steps * rounds / seconds[name] for name in runs}
+        step_of[name] = training_step_of(genzoo.create("ddpm", data.info, **config["hparams"]), data)
+    return steps_per_s_in_turns(step_of, steps, rounds)
+
+
+def training_step_of(model: genzoo.GenerativeModel, data: genzoo.Dataset) -> Callable[[int], None]:
+    """step(i): one training step of ``model`` on ``data``'s batch i (batch 128)."""
+    optim = Optimizers(model.configure_optimizers())
+    return lambda i: model.training_step(data.batch_at(i, 128, seed=0), i, optim)
 
 
 def measure_samples(run: Path, n: int, batch: int, steps_per_s: float) -> dict[str, Any]:
@@ -138,7 +137,7 @@ def main() -> None:
               f"FD@20 {row['fd_20_nfe']:.2f}, {row['samples_per_s']:.1f} samples/s", flush=True)
     name = args.result or ("dit_digits" if args.data == "digits" else f"dit_{args.data.split(':')[0]}")
     protocol = (f"equal training steps, same seed; steps/s measured in turns in one process ({args.speed_steps} "
-                "steps x 2 rounds each, batch 128)")
+                "steps x 2 rounds each after a warm-up step, batch 128)")
     path = write_result(name, {"data": args.data, "n_samples": args.n, "sampler": "dpm, 20 steps",
                                "reference": "train split", "protocol": protocol, "rows": rows})
     print(f"-> {path}")
