@@ -26,7 +26,6 @@ weights. ``DataInfo.extra["tokenizer"]`` records its source, SHA-256 and size (s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from genzoo.contract import Batch, DataInfo, DataKind
 from genzoo.data.base import SPLITS, Dataset
 from genzoo.data.specs import TEXT_OPTIONS, DataOptions, register_loader
 from genzoo.errors import DataError
+from genzoo.io import json_line_strings
 from genzoo.tokenizer import Tokenizer, build_tokenizer
 
 TRAIN_FRACTION, VAL_FRACTION = 0.90, 0.05
@@ -84,13 +84,7 @@ def read_jsonl(path: Path, field: str) -> str:
     for number, line in enumerate((line.removesuffix("\r") for line in lines), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            raise DataError(f"{path}:{number}: no string field '{field}' (pick one with jsonl:{path}#FIELD)")
-        docs.append(record[field])
+        docs += json_line_strings(line, f"{path}:{number}", (field,), f" (pick one with jsonl:{path}#FIELD)")
     return "\n\n".join(docs)
 
 
