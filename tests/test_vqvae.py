@@ -12,7 +12,7 @@ import torch
 
 import genzoo
 from conftest import FAST, tiny_dataset
-from genzoo.contract import Batch, Capability, DataKind, GenerativeModel, ModelConfig, Optimizers
+from genzoo.contract import Batch, Capability, DataKind, GenerativeModel, ModelConfig, Optimizers, Stage
 from genzoo.errors import ConfigError, GenzooError
 from genzoo.io import load_tensors
 from genzoo.models.vae.vqvae import VQVAE
@@ -154,7 +154,7 @@ def test_decode_gives_the_logistic_location_in_data_units() -> None:
 
 def test_the_autoencoder_minimises_reconstruction_nll_per_dim_plus_the_quantiser_loss() -> None:
     class Spy:
-        stage = VQVAE.stages[0]
+        stage = Stage("autoencoder", optimizers=("autoencoder",))
 
         def step(self, name: str, loss: torch.Tensor) -> None:
             self.name, self.loss = name, loss
@@ -210,7 +210,7 @@ def trained() -> tuple[VQVAE, dict[str, float], dict[str, float]]:
         before = model.validation_step(val, torch.Generator().manual_seed(0))
     model.setup(data.batch_at(0, 64, seed=0))
     optim = Optimizers(model.configure_optimizers())
-    for stage, steps in zip(VQVAE.stages, (100, 100), strict=True):
+    for stage, steps in zip(model.stages, (100, 100), strict=True):
         optim.stage = stage
         for step in range(steps):
             model.training_step(data.batch_at(step, 64, seed=0), step, optim)
@@ -265,7 +265,8 @@ def test_the_prior_stage_leaves_the_autoencoder_unchanged_and_vice_versa() -> No
     def snapshot() -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in model.state_dict().items()}
 
-    for stage, trains in zip(VQVAE.stages, ("autoencoder", "prior"), strict=True):
+    assert model.stages[1].optimizers == ("prior.model", "prior.muon")  # the default gpt prior's AdamW and Muon
+    for stage, trains in zip(model.stages, ("autoencoder", "prior"), strict=True):
         optim.stage = stage
         before = snapshot()
         for step in range(3):
@@ -368,6 +369,6 @@ def test_batch_of_codes_is_what_the_prior_trains_on() -> None:
     model = _model()
     x = tiny_dataset(DataKind.IMAGE).batch_at(0, 16, seed=0).x
     optim = Optimizers(model.configure_optimizers())
-    optim.stage = VQVAE.stages[1]
+    optim.stage = model.stages[1]
     expected = model.prior.validation_step(Batch(model.encode(x).flatten(1)), torch.Generator())["val_loss"]
     assert model.training_step(Batch(x), 0, optim)["prior_loss"] == pytest.approx(expected, rel=1e-5)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import StrEnum
@@ -239,7 +239,8 @@ class Optimizers:
 
     Zeroes the named optimizer's gradients, back-propagates, checks loss and gradient norm are finite, clips the
     gradient norm when asked, and steps. A model with several optimizers calls ``step`` once per optimizer, in
-    whatever order and frequency its algorithm needs.
+    whatever order and frequency its algorithm needs (a GAN's generator and discriminator); one loss can also update
+    through several optimizers at once, ``optim.step(("model", "muon"), loss)`` (parameters split by update rule).
 
     The trainer sets three things here: ``accumulate`` (k micro-batches per update: gradients of k calls add up,
     each loss scaled by 1/k, and the optimizer steps on the last), ``stage`` (the optimizers the current training
@@ -256,36 +257,46 @@ class Optimizers:
         self.micro = 0  # index of the current micro-batch in 0 .. accumulate - 1
         self.stage: Stage | None = None
 
-    def step(self, name: str, loss: Tensor) -> None:
-        if name not in self.optimizers:
-            raise GenzooError(f"training_step stepped unknown optimizer '{name}' (have {sorted(self.optimizers)})")
-        if self.stage is not None and self.stage.optimizers is not None and name not in self.stage.optimizers:
-            raise GenzooError(f"training stage '{self.stage.name}' does not train optimizer '{name}'")
+    def step(self, name: str | Sequence[str], loss: Tensor) -> None:
+        """Back-propagate ``loss`` and step optimizer ``name``; with several names, one update split among them
+        (e.g. Muon for hidden matrices and AdamW for the rest): one backward pass, their gradients clipped
+        together, then each steps."""
+        names = (name,) if isinstance(name, str) else tuple(name)
+        for each in names:
+            if each not in self.optimizers:
+                raise GenzooError(f"training_step stepped unknown optimizer '{each}' (have {sorted(self.optimizers)})")
+            if self.stage is not None and self.stage.optimizers is not None and each not in self.stage.optimizers:
+                raise GenzooError(f"training stage '{self.stage.name}' does not train optimizer '{each}'")
+        label = "', '".join(names)
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"loss for optimizer '{name}' is {loss.item()}")
-        opt = self.optimizers[name]
+            raise NonFiniteError(f"loss for optimizer '{label}' is {loss.item()}")
+        opts = [self.optimizers[each] for each in names]
         if self.micro == 0:
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
         scaled = loss / self.accumulate if self.accumulate > 1 else loss
         # the trainer's autocast covers the forward pass; backward runs in the dtypes the forward chose
         with torch.autocast(loss.device.type, enabled=False):
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
         if self.micro == self.accumulate - 1:
-            self._apply(name, opt)
+            self._apply(label, opts)
 
-    def _apply(self, name: str, opt: torch.optim.Optimizer) -> None:
-        self.reduce_gradients([p for group in opt.param_groups for p in group["params"]])
-        params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    def _apply(self, label: str, opts: list[torch.optim.Optimizer]) -> None:
+        self.reduce_gradients([p for opt in opts for group in opt.param_groups for p in group["params"]])
+        params = [p for opt in opts for group in opt.param_groups for p in group["params"] if p.grad is not None]
         if self.scaler is not None:
-            self.scaler.unscale_(opt)
+            for opt in opts:
+                self.scaler.unscale_(opt)
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip if self.grad_clip else float("inf"))
         if not torch.isfinite(norm) and self.scaler is None:  # with a scaler, an overflow only skips the step
-            raise NonFiniteError(f"gradient norm for optimizer '{name}' is {norm.item()}")
+            raise NonFiniteError(f"gradient norm for optimizer '{label}' is {norm.item()}")
+        for opt in opts:
+            if self.scaler is not None:
+                self.scaler.step(opt)
+            else:
+                opt.step()
         if self.scaler is not None:
-            self.scaler.step(opt)
             self.scaler.update()
-        else:
-            opt.step()
 
     def reduce_gradients(self, params: list[Tensor]) -> None:
         """Average the gradients of ``params`` (some may have none) over data-parallel processes. One process has

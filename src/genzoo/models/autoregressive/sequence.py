@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from genzoo.contract import (
     Batch,
@@ -119,7 +119,7 @@ class TokenSequenceModel(TextGenerationMixin, GenerativeModel):
 
     def training_step(self, batch: Batch, step: int, optim: Optimizers) -> dict[str, float]:
         loss = self.token_nll(batch.x).mean()
-        optim.step("model", loss)
+        optim.step(tuple(optim.optimizers), loss)  # one update, however the parameters are split among optimizers
         return {"loss": loss.item()}
 
     def validation_step(self, batch: Batch, generator: torch.Generator) -> dict[str, float]:
@@ -132,13 +132,16 @@ class TokenSequenceModel(TextGenerationMixin, GenerativeModel):
         return LogLikelihood(values, "exact", discrete=True, method="autoregressive factorisation")
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """AdamW; weight decay on matrices and embeddings only (not on biases and norm gains)."""
-        params = [p for p in self.parameters() if p.requires_grad]
+        """AdamW over every trainable parameter."""
+        return {"model": self.adamw([p for p in self.parameters() if p.requires_grad])}
+
+    def adamw(self, params: list[nn.Parameter]) -> torch.optim.AdamW:
+        """AdamW with ``config.lr``; weight decay on matrices and embeddings only (not on biases and norm gains)."""
         decay = [p for p in params if p.dim() >= 2]
         rest = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
         fused = self.device.type in ("cpu", "cuda")  # one kernel for all parameters instead of one per tensor
-        return {"model": torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99), fused=fused)}
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99), fused=fused)
 
     # ----- sampling --------------------------------------------------------------------------------------------
     def prefill(self, ids: Tensor) -> tuple[Tensor, Any]:

@@ -27,6 +27,7 @@ the data's levels (no entropy term: q(z|x) is a point mass).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -113,17 +114,24 @@ def conv_decoder(code_dim: int, width: int, out_channels: int, doublings: int, r
     return nn.Sequential(*layers, nn.ReLU(), nn.Conv2d(width, out_channels, 3, padding=1))
 
 
+def prior_optimizer(name: str) -> str:
+    """The vqvae's name for the prior's optimizer ``name`` (``prior.model``, ``prior.muon`` ...)."""
+    return f"prior.{name}"
+
+
 class PriorOptimizers:
-    """The prior's view of the trainer's handle: the prior steps its one optimizer under its own name, which is the
-    vqvae's ``prior`` optimizer (so stage rules, accumulation and clipping stay the trainer's)."""
+    """The prior's view of the trainer's handle: the prior steps its optimizers under its own names, which are the
+    vqvae's ``prior.<name>`` optimizers (so stage rules, accumulation and clipping stay the trainer's)."""
 
     stage = None  # the prior trains in one stage of its own
 
-    def __init__(self, outer: Optimizers) -> None:
+    def __init__(self, outer: Optimizers, names: Iterable[str]) -> None:
         self.outer = outer
+        self.optimizers = {name: outer.optimizers[prior_optimizer(name)] for name in names}
 
-    def step(self, name: str, loss: Tensor) -> None:
-        self.outer.step("prior", loss)
+    def step(self, name: str | Sequence[str], loss: Tensor) -> None:
+        names = (name,) if isinstance(name, str) else name
+        self.outer.step(tuple(prior_optimizer(each) for each in names), loss)
 
 
 @register
@@ -138,8 +146,6 @@ class VQVAE(GenerativeModel):
     base_capabilities = frozenset({Capability.SAMPLE, Capability.LIKELIHOOD_BOUND, Capability.ENCODE,
                                    Capability.DECODE, Capability.RECONSTRUCT})
     validation_metric = "val_rec_bpd"
-    stages = (Stage("autoencoder", optimizers=("autoencoder",), share=0.5),
-              Stage("prior", optimizers=("prior",), share=0.5, validation_metric="val_prior"))
     smoke_config: ClassVar[dict[str, Any]] = {"num_codes": 16, "code_dim": 4, "width": 8, "res_blocks": 1,
                                               "prior_config": {"layers": 1, "heads": 2, "width": 16}}
     train_defaults: ClassVar[dict[str, Any]] = {"batch_size": 64}
@@ -159,6 +165,11 @@ class VQVAE(GenerativeModel):
                                          config.codebook_decay, config.laplace_eps, config.restart_after)
         self.decoder = conv_decoder(config.code_dim, config.width, 2 * channels, halvings, config.res_blocks)
         self.prior = self._build_prior(config)
+        #: the prior's optimizer names (whatever its configuration gives it); its stage steps just those
+        self.prior_optimizers = tuple(self.prior.configure_optimizers())
+        self.stages = (Stage("autoencoder", optimizers=("autoencoder",), share=0.5),
+                       Stage("prior", optimizers=tuple(map(prior_optimizer, self.prior_optimizers)), share=0.5,
+                             validation_metric="val_prior"))
 
     def _build_prior(self, config: VQVAEConfig) -> GenerativeModel:
         """The prior over code sequences: T = h w tokens in raster order, K code values."""
@@ -204,16 +215,14 @@ class VQVAE(GenerativeModel):
 
     # ----- training --------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """Adam over encoder, codebook and decoder; the prior's own optimizer (it must have exactly one)."""
-        prior = self.prior.configure_optimizers()
-        if len(prior) != 1:
-            raise ConfigError(f"vqvae prior '{self.config.prior}' has {len(prior)} optimizers; a prior needs one")
+        """Adam over encoder, codebook and decoder; the prior's own optimizers under ``prior.<name>``."""
         autoencoder = [p for name, p in self.named_parameters() if not name.startswith("prior.")]
-        return {"autoencoder": torch.optim.Adam(autoencoder, lr=self.config.lr), "prior": next(iter(prior.values()))}
+        prior = {prior_optimizer(name): opt for name, opt in self.prior.configure_optimizers().items()}
+        return {"autoencoder": torch.optim.Adam(autoencoder, lr=self.config.lr), **prior}
 
     def lr_schedules(self) -> dict[str, dict[str, Any]]:
-        """The prior's own schedule override, if it has one, for its optimizer here."""
-        return {"prior": schedule for schedule in self.prior.lr_schedules().values()}  # noqa: B035 (one at most)
+        """The prior's own schedule overrides, for its optimizers here."""
+        return {prior_optimizer(name): schedule for name, schedule in self.prior.lr_schedules().items()}
 
     def setup(self, first_batch: Batch) -> None:
         """Start every code at an encoder output of the first batch (no code starts where no data is)."""
@@ -224,7 +233,7 @@ class VQVAE(GenerativeModel):
         stage when called outside the trainer) the autoencoder."""
         if optim.stage is not None and optim.stage.name == "prior":
             codes = self.encode(batch.x).flatten(1)
-            losses = self.prior.training_step(Batch(codes), step, PriorOptimizers(optim))
+            losses = self.prior.training_step(Batch(codes), step, PriorOptimizers(optim, self.prior_optimizers))
             return {f"prior_{key}": value for key, value in losses.items()}
         z_e = self._encode(batch.x)
         quantized = self.quantizer(z_e)
