@@ -126,3 +126,14 @@ def test_gpt_training_step_updates_through_both_optimizers(data: genzoo.Dataset)
     model.training_step(data.batch_at(0, 4, 0), 0, optim)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == set(before)
+
+
+def test_optimizer_state_of_an_adamw_only_run_names_the_mismatch_when_loaded_for_muon(data: genzoo.Dataset) -> None:
+    from genzoo.errors import RunDirError
+    from genzoo.runs.checkpoint import optimizer_from_files, optimizer_to_files
+
+    old = genzoo.create("gpt", data, layers=1, heads=2, width=16, optimizer="adamw").configure_optimizers()
+    tensors, meta = optimizer_to_files(old)
+    new = genzoo.create("gpt", data, layers=1, heads=2, width=16).configure_optimizers()
+    with pytest.raises(RunDirError, match=r"optimizers \['model'\], the model has \['model', 'muon'\].*--init"):
+        optimizer_from_files(new, tensors, meta)

@@ -71,9 +71,11 @@ def optimizer_to_files(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[di
 
 def optimizer_from_files(optimizers: dict[str, torch.optim.Optimizer], tensors: dict[str, Tensor],
                          meta: dict[str, Any]) -> None:
+    if set(optimizers) != set(meta):
+        raise RunDirError(f"checkpoint has state for optimizers {sorted(meta)}, the model has {sorted(optimizers)}: "
+                          "the run was saved with other settings (an older genzoo's defaults?); start a new run from "
+                          "its weights with --init instead of --resume")
     for name, opt in optimizers.items():
-        if name not in meta:
-            raise RunDirError(f"checkpoint has no state for optimizer '{name}'")
         state: dict[int, dict[str, Any]] = {}
         for pid, plain in meta[name]["plain"].items():
             state[int(pid)] = dict(plain)
@@ -81,7 +83,10 @@ def optimizer_from_files(optimizers: dict[str, torch.optim.Optimizer], tensors: 
             opt_name, pid, entry = key.split("/", 2)
             if opt_name == name:
                 state.setdefault(int(pid), {})[entry] = value
-        opt.load_state_dict({"state": state, "param_groups": meta[name]["param_groups"]})
+        try:
+            opt.load_state_dict({"state": state, "param_groups": meta[name]["param_groups"]})
+        except ValueError as err:
+            raise RunDirError(f"checkpoint's state for optimizer '{name}' does not fit the model: {err}") from None
 
 
 def rng_tensors() -> dict[str, Tensor]:
