@@ -96,6 +96,11 @@ def test_one_loss_through_two_optimizers_accumulates_micro_batches_and_names_unk
         optim.micro = micro
         optim.step(["first", "second"], weight * (a.sum() + b.sum()))
     assert torch.allclose(a.detach(), torch.full((2,), -2.0)) and torch.allclose(b.detach(), torch.tensor([-2.0]))
+    optim.micro = 0  # the next update starts from zero gradients in both optimizers
+    optim.step(["first", "second"], 0 * a.sum() + b.sum())
+    optim.micro = 1
+    optim.step(["first", "second"], 0 * a.sum() + b.sum())
+    assert torch.allclose(a.detach(), torch.full((2,), -2.0)) and torch.allclose(b.detach(), torch.tensor([-3.0]))
     with pytest.raises(GenzooError, match="unknown optimizer 'third'"):
         optim.step(("first", "third"), a.sum())
 
