@@ -106,11 +106,9 @@ class GPT(TokenSequenceModel):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Muon for the blocks' trainable weight matrices (not LoRA adapters), AdamW for the rest."""
         params = [p for p in self.parameters() if p.requires_grad]
-        if self.config.optimizer == "adamw":
-            return {"model": self.adamw(params)}
         matrices = [p for n, p in self.blocks.named_parameters() if p.requires_grad and p.dim() == 2
-                    and "lora_" not in n]
-        if not matrices:  # LoRA: only adapters train
+                    and "lora_" not in n] if self.config.optimizer == "muon" else []
+        if not matrices:  # optimizer=adamw, or LoRA (only adapters train)
             return {"model": self.adamw(params)}
         taken = set(map(id, matrices))
         return {"model": self.adamw([p for p in params if id(p) not in taken]),

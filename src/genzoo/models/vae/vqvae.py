@@ -27,7 +27,7 @@ the data's levels (no entropy term: q(z|x) is a point mass).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -114,9 +114,13 @@ def conv_decoder(code_dim: int, width: int, out_channels: int, doublings: int, r
     return nn.Sequential(*layers, nn.ReLU(), nn.Conv2d(width, out_channels, 3, padding=1))
 
 
+#: the vqvae names the prior's optimizers ``prior.<name>`` (``prior.model``, ``prior.muon`` ...)
+PRIOR = "prior."
+
+
 def prior_optimizer(name: str) -> str:
-    """The vqvae's name for the prior's optimizer ``name`` (``prior.model``, ``prior.muon`` ...)."""
-    return f"prior.{name}"
+    """The vqvae's name for the prior's optimizer ``name``."""
+    return PRIOR + name
 
 
 class PriorOptimizers:
@@ -125,9 +129,10 @@ class PriorOptimizers:
 
     stage = None  # the prior trains in one stage of its own
 
-    def __init__(self, outer: Optimizers, names: Iterable[str]) -> None:
+    def __init__(self, outer: Optimizers) -> None:
         self.outer = outer
-        self.optimizers = {name: outer.optimizers[prior_optimizer(name)] for name in names}
+        self.optimizers = {name.removeprefix(PRIOR): opt for name, opt in outer.optimizers.items()
+                           if name.startswith(PRIOR)}
 
     def step(self, name: str | Sequence[str], loss: Tensor) -> None:
         names = (name,) if isinstance(name, str) else name
@@ -165,11 +170,10 @@ class VQVAE(GenerativeModel):
                                          config.codebook_decay, config.laplace_eps, config.restart_after)
         self.decoder = conv_decoder(config.code_dim, config.width, 2 * channels, halvings, config.res_blocks)
         self.prior = self._build_prior(config)
-        #: the prior's optimizer names (whatever its configuration gives it); its stage steps just those
-        self.prior_optimizers = tuple(self.prior.configure_optimizers())
+        # the prior stage steps the prior's optimizers, however many its configuration gives it
+        prior_names = tuple(map(prior_optimizer, self.prior.configure_optimizers()))
         self.stages = (Stage("autoencoder", optimizers=("autoencoder",), share=0.5),
-                       Stage("prior", optimizers=tuple(map(prior_optimizer, self.prior_optimizers)), share=0.5,
-                             validation_metric="val_prior"))
+                       Stage("prior", optimizers=prior_names, share=0.5, validation_metric="val_prior"))
 
     def _build_prior(self, config: VQVAEConfig) -> GenerativeModel:
         """The prior over code sequences: T = h w tokens in raster order, K code values."""
@@ -233,7 +237,7 @@ class VQVAE(GenerativeModel):
         stage when called outside the trainer) the autoencoder."""
         if optim.stage is not None and optim.stage.name == "prior":
             codes = self.encode(batch.x).flatten(1)
-            losses = self.prior.training_step(Batch(codes), step, PriorOptimizers(optim, self.prior_optimizers))
+            losses = self.prior.training_step(Batch(codes), step, PriorOptimizers(optim))
             return {f"prior_{key}": value for key, value in losses.items()}
         z_e = self._encode(batch.x)
         quantized = self.quantizer(z_e)
